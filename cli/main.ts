@@ -1,0 +1,122 @@
+// The `aedes-zt` command line: global options, dispatch to command modules, one-line errors and exit codes.
+import 'reflect-metadata'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { oneLine, ZtError } from '../common/errors.js'
+import { commands as caCommands } from './ca.js'
+
+type OptionSpec = NonNullable<ParseArgsConfig['options']>
+
+export interface CommandContext {
+  /** CA home: --home, else $AEDES_ZT_HOME, else ./certs-dev. */
+  home: string
+  /** Whether the home came from the default (./certs-dev): only that one may be a dev home made on the fly. */
+  homeIsDefault: boolean
+  /** Redis URL: --redis, else $REDIS_URL, else undefined (file store). */
+  redisUrl: string | undefined
+  values: Record<string, string | boolean | string[] | undefined>
+  positionals: string[]
+  stdout: NodeJS.WritableStream
+  stderr: NodeJS.WritableStream
+  env: NodeJS.ProcessEnv
+}
+
+export interface Command {
+  /** Words that select the command, e.g. ['cert', 'issue']. */
+  path: string[]
+  usage: string
+  options: OptionSpec
+  /** Positional arguments accepted: [min, max]. */
+  positionals?: [number, number]
+  run (ctx: CommandContext): Promise<number | void>
+}
+
+const GLOBAL_OPTIONS: OptionSpec = {
+  home: { type: 'string' },
+  redis: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+}
+
+const registry: Command[] = [
+  ...caCommands,
+]
+
+function usage (): string {
+  return ['usage: aedes-zt [--home DIR] <command>', '', ...registry.map((c) => `  aedes-zt ${c.usage}`)].join('\n') + '\n'
+}
+
+function findCommand (argv: string[]): { command: Command, rest: string[] } | null {
+  // Global options may come before the command words: skip them when matching.
+  const words: number[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] ?? ''
+    if (a === '--home' || a === '--redis') { i++; continue }
+    if (a.startsWith('-')) continue
+    words.push(i)
+  }
+  let best: Command | null = null
+  for (const c of registry) {
+    if (c.path.every((w, k) => words[k] !== undefined && argv[words[k] as number] === w) && (best === null || c.path.length > best.path.length)) best = c
+  }
+  if (best === null) return null
+  const drop = new Set(words.slice(0, best.path.length))
+  return { command: best, rest: argv.filter((_, i) => !drop.has(i)) }
+}
+
+export interface MainIo {
+  stdout?: NodeJS.WritableStream
+  stderr?: NodeJS.WritableStream
+  env?: NodeJS.ProcessEnv
+}
+
+/** Runs the CLI; resolves to the exit code. Never throws for user input: prints one line on stderr instead. */
+export async function main (argv: string[], io: MainIo = {}): Promise<number> {
+  const stdout = io.stdout ?? process.stdout
+  const stderr = io.stderr ?? process.stderr
+  const env = io.env ?? process.env
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    stdout.write(usage())
+    return argv.length === 0 ? 2 : 0
+  }
+  const found = findCommand(argv)
+  if (found === null) {
+    stderr.write(`aedes-zt: unknown command "${argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' ')}"; run aedes-zt --help\n`)
+    return 2
+  }
+  const { command, rest } = found
+  const name = command.path.join(' ')
+  try {
+    let parsed
+    try {
+      parsed = parseArgs({ args: rest, options: { ...GLOBAL_OPTIONS, ...command.options }, allowPositionals: true, strict: true })
+    } catch (err) {
+      throw new ZtError('ZT_BAD_ARGUMENT', `${name}: ${oneLine(err)}`)
+    }
+    const { values, positionals } = parsed
+    if (values.help === true) {
+      stdout.write(`usage: aedes-zt ${command.usage}\n`)
+      return 0
+    }
+    const [min, max] = command.positionals ?? [0, 0]
+    if (positionals.length < min || positionals.length > max) {
+      throw new ZtError('ZT_BAD_ARGUMENT', `${name}: expected ${min === max ? min : `${min} to ${max}`} argument(s), got ${positionals.length}; usage: aedes-zt ${command.usage}`)
+    }
+    const homeOpt = typeof values.home === 'string' ? values.home : undefined
+    const envHome = env.AEDES_ZT_HOME !== undefined && env.AEDES_ZT_HOME !== '' ? env.AEDES_ZT_HOME : undefined
+    const redisOpt = typeof values.redis === 'string' ? values.redis : (env.REDIS_URL !== undefined && env.REDIS_URL !== '' ? env.REDIS_URL : undefined)
+    const code = await command.run({
+      home: homeOpt ?? envHome ?? './certs-dev',
+      homeIsDefault: homeOpt === undefined && envHome === undefined,
+      redisUrl: redisOpt,
+      values: values as CommandContext['values'],
+      positionals,
+      stdout,
+      stderr,
+      env,
+    })
+    return code ?? 0
+  } catch (err) {
+    stderr.write(`aedes-zt ${name}: ${oneLine(err).replace(new RegExp(`^${name}: `), '')}\n`)
+    if (!(err instanceof ZtError) && env.AEDES_ZT_DEBUG === '1' && err instanceof Error) stderr.write(`${err.stack ?? ''}\n`)
+    return err instanceof ZtError && err.code === 'ZT_BAD_ARGUMENT' ? 2 : 1
+  }
+}
