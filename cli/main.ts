@@ -3,6 +3,7 @@ import 'reflect-metadata'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { oneLine, ZtError } from '../common/errors.js'
 import { commands as caCommands } from './ca.js'
+import { commands as policyCommands } from './policy.js'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
 
@@ -38,6 +39,7 @@ const GLOBAL_OPTIONS: OptionSpec = {
 
 const registry: Command[] = [
   ...caCommands,
+  ...policyCommands,
 ]
 
 function usage (): string {

@@ -1,0 +1,346 @@
+// Evaluation: compiles the statements that apply to one identity into an Authorizer that answers per topic, cached.
+import { ZtError } from '../common/errors.js'
+import { checkGroup, checkId, checkKind } from '../common/ids.js'
+import type { Action, Decision, Entry, Identity, Qos, Statement } from './model.js'
+import type { PolicySet, PolicySource } from './set.js'
+import { coversLevels, HASH, matchLevels, overlapsLevels, parseFilter, PLUS, topicFilterProblem, topicNameProblem, type FilterLevel, type FilterLevels } from './topic.js'
+
+/** Decisions cached per connection; a device uses a handful of topics, a bridge more, neither unbounded. */
+export const DEFAULT_CACHE_SIZE = 1000
+
+/** An entry with the identity's values substituted: every substituted level is a literal string. */
+interface CompiledEntry {
+  readonly order: number
+  readonly levels: FilterLevels
+  readonly retain: boolean | undefined
+  readonly maxQos: Qos
+  readonly statement: string
+  readonly entry: string
+}
+
+/** A trie over filter levels, so a publish or receive check walks the topic once instead of testing every entry. */
+class Trie {
+  readonly lit = new Map<string, Trie>()
+  plus: Trie | undefined
+  hash: CompiledEntry[] | undefined
+  end: CompiledEntry[] | undefined
+
+  insert (e: CompiledEntry): void {
+    let node: Trie = this
+    for (const level of e.levels) {
+      if (level === HASH) {
+        (node.hash ??= []).push(e)
+        return
+      }
+      if (level === PLUS) {
+        node = node.plus ??= new Trie()
+      } else {
+        let next = node.lit.get(level)
+        if (next === undefined) node.lit.set(level, next = new Trie())
+        node = next
+      }
+    }
+    (node.end ??= []).push(e)
+  }
+
+  /** Appends every entry whose filter matches the topic; `dollar` keeps first-level wildcards off $-topics. */
+  collect (topic: readonly string[], i: number, dollar: boolean, out: CompiledEntry[]): void {
+    const wild = i !== 0 || !dollar
+    // A `#` here matches the remaining levels, zero included: that is the "parent level" rule.
+    if (wild && this.hash !== undefined) out.push(...this.hash)
+    if (i === topic.length) {
+      if (this.end !== undefined) out.push(...this.end)
+      return
+    }
+    this.lit.get(topic[i] as string)?.collect(topic, i + 1, dollar, out)
+    if (wild) this.plus?.collect(topic, i + 1, dollar, out)
+  }
+}
+
+interface ActionTable {
+  readonly allow: readonly CompiledEntry[]
+  readonly deny: readonly CompiledEntry[]
+  readonly allowTrie: Trie
+  readonly denyTrie: Trie
+}
+
+interface Compiled {
+  readonly generation: number
+  readonly statements: readonly string[]
+  readonly publish: ActionTable
+  readonly subscribe: ActionTable
+  readonly receive: ActionTable
+}
+
+function freeze (d: Decision): Decision {
+  return Object.freeze(d)
+}
+
+const NO_MATCH = freeze({ effect: 'deny', reason: 'no-match' })
+
+function invalid (problem: string): Decision {
+  return freeze({ effect: 'deny', reason: 'invalid', detail: problem })
+}
+
+/** Substitutes the identity into one entry; `${group}` yields one filter per group, none without groups. */
+export function substitute (entry: Entry, identity: Identity): FilterLevel[][] {
+  const usesGroup = entry.levels.some((l) => typeof l === 'object' && l.variable === 'group')
+  const groups: ReadonlyArray<string | undefined> = usesGroup ? identity.groups : [undefined]
+  const out: FilterLevel[][] = []
+  for (const group of groups) {
+    const levels: FilterLevel[] = []
+    let vanished = false
+    for (const l of entry.levels) {
+      if (typeof l !== 'object') {
+        levels.push(l)
+        continue
+      }
+      const value = l.variable === 'id' ? identity.id : l.variable === 'kind' ? identity.kind : l.variable === 'group' ? group : identity.serial
+      if (value === undefined || value === '') {
+        vanished = true
+        break
+      }
+      // A string level is a literal to the matcher whatever it contains: the value can never act as a wildcard.
+      levels.push(value)
+    }
+    if (!vanished) out.push(levels)
+  }
+  return out
+}
+
+function compile (set: PolicySet, identity: Identity): Compiled {
+  const statements = set.statementsFor(identity)
+  let order = 0
+  const table = (action: Action): ActionTable => {
+    const allow: CompiledEntry[] = []
+    const deny: CompiledEntry[] = []
+    for (const s of statements) {
+      for (const [effect, into] of [['allow', allow], ['deny', deny]] as const) {
+        for (const e of s[effect][action]) {
+          for (const levels of substitute(e, identity)) {
+            into.push({ order: order++, levels, retain: e.retain, maxQos: e.maxQos ?? 2, statement: s.name, entry: `${e.label} ${JSON.stringify(e.topic)}` })
+          }
+        }
+      }
+    }
+    const allowTrie = new Trie()
+    const denyTrie = new Trie()
+    for (const e of allow) allowTrie.insert(e)
+    for (const e of deny) denyTrie.insert(e)
+    return { allow, deny, allowTrie, denyTrie }
+  }
+  return {
+    generation: set.generation,
+    statements: statements.map((s: Statement) => s.name),
+    publish: table('publish'),
+    subscribe: table('subscribe'),
+    receive: table('receive'),
+  }
+}
+
+function first (entries: readonly CompiledEntry[]): CompiledEntry | undefined {
+  let best: CompiledEntry | undefined
+  for (const e of entries) if (best === undefined || e.order < best.order) best = e
+  return best
+}
+
+function decided (effect: 'allow' | 'deny', reason: Decision['reason'], e: CompiledEntry, grantedQos?: Qos): Decision {
+  return freeze({ effect, reason, statement: e.statement, entry: e.entry, ...(grantedQos === undefined ? {} : { grantedQos }) })
+}
+
+/** Publish and receive: deny entries first, then the allow entry that grants the most. */
+function decideMessage (t: ActionTable, topic: string, qos: Qos, retain: boolean, capQos: boolean): Decision {
+  const problem = topicNameProblem(topic)
+  if (problem !== null) return invalid(problem)
+  const levels = topic.split('/')
+  const dollar = topic.charCodeAt(0) === 36
+  const hits: CompiledEntry[] = []
+  t.denyTrie.collect(levels, 0, dollar, hits)
+  const deny = first(hits.filter((e) => e.retain === undefined || e.retain === retain))
+  if (deny !== undefined) return decided('deny', 'denied', deny)
+  hits.length = 0
+  t.allowTrie.collect(levels, 0, dollar, hits)
+  if (hits.length === 0) return NO_MATCH
+  let best: CompiledEntry | undefined
+  for (const e of hits) {
+    if (e.retain !== undefined && e.retain !== retain) continue
+    // Publish at a QoS above maxQos is refused (the client chose it); receive is delivered at the cap instead.
+    if (!capQos && qos > e.maxQos) continue
+    if (best === undefined || Math.min(e.maxQos, qos) > Math.min(best.maxQos, qos) || (Math.min(e.maxQos, qos) === Math.min(best.maxQos, qos) && e.order < best.order)) best = e
+  }
+  if (best === undefined) return decided('deny', 'condition', first(hits) as CompiledEntry)
+  return capQos ? decided('allow', 'allowed', best, Math.min(qos, best.maxQos) as Qos) : decided('allow', 'allowed', best)
+}
+
+function decideSubscribe (t: ActionTable, filter: string, qos: Qos): Decision {
+  const problem = topicFilterProblem(filter)
+  if (problem !== null) return invalid(problem)
+  const requested = parseFilter(filter)
+  for (const e of t.deny) {
+    // A deny with a retain condition only withholds some messages; it is enforced on receive, not here.
+    if (e.retain === undefined && overlapsLevels(e.levels, requested)) return decided('deny', 'denied', e)
+  }
+  let best: CompiledEntry | undefined
+  for (const e of t.allow) {
+    if (!coversLevels(e.levels, requested)) continue
+    if (best === undefined || Math.min(e.maxQos, qos) > Math.min(best.maxQos, qos)) best = e
+  }
+  return best === undefined ? NO_MATCH : decided('allow', 'allowed', best, Math.min(qos, best.maxQos) as Qos)
+}
+
+export interface MessageOptions {
+  /** QoS of the PUBLISH (publish) or of the delivery (receive). @default 0 */
+  qos?: Qos
+  /** Retain flag of the PUBLISH (publish) or of the delivered message (receive). @default false */
+  retain?: boolean
+}
+
+export interface SubscribeOptions {
+  /** Requested QoS. @default 0 */
+  qos?: Qos
+}
+
+/**
+ * The per-connection decision maker. Build it once at CONNECT with `compileFor(source, identity)` and ask it
+ * from the hooks; every call is synchronous, cached, and follows policy reloads by itself.
+ */
+export interface Authorizer {
+  readonly identity: Readonly<Identity>
+  /** May this client PUBLISH to `topic`? A QoS above the entry's maxQos or a retain flag the entry excludes is denied (`condition`). */
+  publish (topic: string, options?: MessageOptions): Decision
+  /**
+   * May this client SUBSCRIBE to `filter`? Allowed only when one allowed filter covers it entirely and no denied
+   * filter overlaps it. When allowed, `grantedQos` is the QoS to put in the SUBACK (capped by maxQos).
+   */
+  subscribe (filter: string, options?: SubscribeOptions): Decision
+  /**
+   * May this message be delivered to this client? Ask on every delivery (live, retained, queued, forwarded).
+   * When allowed, deliver at `grantedQos` (the QoS capped by maxQos).
+   */
+  receive (topic: string, options?: MessageOptions): Decision
+  /** Names of the statements that apply to this identity, in evaluation order. */
+  readonly statements: readonly string[]
+  /** Generation of the PolicySet the current compilation came from. */
+  readonly generation: number
+}
+
+export interface CompileOptions {
+  /** Decisions cached per connection (least recently used evicted). @default 1000 */
+  cacheSize?: number
+}
+
+class CompiledAuthorizer implements Authorizer {
+  readonly identity: Readonly<Identity>
+  readonly #source: PolicySource
+  readonly #cacheSize: number
+  readonly #cache = new Map<string, Decision>()
+  #compiled: Compiled
+
+  constructor (source: PolicySource, identity: Identity, cacheSize: number) {
+    this.identity = Object.freeze({ ...identity, groups: Object.freeze([...identity.groups]) })
+    this.#source = source
+    this.#cacheSize = cacheSize
+    this.#compiled = compile(source.current(), this.identity)
+  }
+
+  #current (): Compiled {
+    const set = this.#source.current()
+    if (set.generation !== this.#compiled.generation) {
+      this.#compiled = compile(set, this.identity)
+      this.#cache.clear()
+    }
+    return this.#compiled
+  }
+
+  #cached (key: string, decide: (c: Compiled) => Decision): Decision {
+    const compiled = this.#current()
+    const hit = this.#cache.get(key)
+    if (hit !== undefined) {
+      // Re-insert so the Map's insertion order doubles as recency order.
+      this.#cache.delete(key)
+      this.#cache.set(key, hit)
+      return hit
+    }
+    const d = decide(compiled)
+    if (this.#cacheSize > 0) {
+      if (this.#cache.size >= this.#cacheSize) this.#cache.delete(this.#cache.keys().next().value as string)
+      this.#cache.set(key, d)
+    }
+    return d
+  }
+
+  publish (topic: string, options: MessageOptions = {}): Decision {
+    const qos = options.qos ?? 0
+    const retain = options.retain === true
+    return this.#cached(`p${qos}${retain ? 1 : 0}${topic}`, (c) => decideMessage(c.publish, topic, qos, retain, false))
+  }
+
+  subscribe (filter: string, options: SubscribeOptions = {}): Decision {
+    const qos = options.qos ?? 0
+    return this.#cached(`s${qos}${filter}`, (c) => decideSubscribe(c.subscribe, filter, qos))
+  }
+
+  receive (topic: string, options: MessageOptions = {}): Decision {
+    const qos = options.qos ?? 0
+    const retain = options.retain === true
+    return this.#cached(`r${qos}${retain ? 1 : 0}${topic}`, (c) => decideMessage(c.receive, topic, qos, retain, true))
+  }
+
+  get statements (): readonly string[] {
+    return this.#current().statements
+  }
+
+  get generation (): number {
+    return this.#current().generation
+  }
+}
+
+/**
+ * Compiles the statements that apply to `identity` (principals matched, variables substituted) into an
+ * Authorizer. Pass the watcher from `watchPolicies` (or any `{ current() }`) as `source` and the Authorizer
+ * recompiles lazily whenever the set's generation changes; pass a PolicySet for a fixed set.
+ * @throws ZtError ZT_BAD_ID / ZT_BAD_KIND when the identity is outside the id alphabet or kinds.
+ */
+export function compileFor (source: PolicySource, identity: Identity, options: CompileOptions = {}): Authorizer {
+  checkId(identity.id, 'policy')
+  checkKind(identity.kind, 'policy')
+  for (const g of identity.groups) checkGroup(g, 'policy')
+  if (identity.serial !== undefined && !/^[0-9a-f]*$/.test(identity.serial)) {
+    throw new ZtError('ZT_BAD_ARGUMENT', `policy: serial ${JSON.stringify(identity.serial)} is not lower-case hex`)
+  }
+  const cacheSize = options.cacheSize ?? DEFAULT_CACHE_SIZE
+  return new CompiledAuthorizer(source, identity, cacheSize)
+}
+
+export type Request =
+  | { action: 'publish', topic: string, qos?: Qos, retain?: boolean }
+  | { action: 'subscribe', filter: string, qos?: Qos }
+  | { action: 'receive', topic: string, qos?: Qos, retain?: boolean }
+
+export interface Explanation {
+  readonly decision: Decision
+  /** Statements that apply to the identity, in evaluation order. */
+  readonly statements: readonly string[]
+}
+
+/** One uncached decision with the statements that were in play: what `policy explain` prints. */
+export function explain (source: PolicySource, identity: Identity, request: Request): Explanation {
+  const a = compileFor(source, identity, { cacheSize: 0 })
+  const opts = { qos: request.qos ?? 0 }
+  const decision = request.action === 'subscribe'
+    ? a.subscribe(request.filter, opts)
+    : a[request.action](request.topic, { ...opts, retain: request.retain === true })
+  return { decision, statements: a.statements }
+}
+
+/** One line for people and logs: `allow by statement "x" (allow.publish[0] "devices/${id}/#")`. */
+export function describeDecision (d: Decision): string {
+  const qos = d.grantedQos === undefined ? '' : `, granted QoS ${d.grantedQos}`
+  switch (d.reason) {
+    case 'allowed': return `allow by statement ${JSON.stringify(d.statement)} (${d.entry ?? ''})${qos}`
+    case 'denied': return `deny by statement ${JSON.stringify(d.statement)} (${d.entry ?? ''})`
+    case 'condition': return `deny: statement ${JSON.stringify(d.statement)} (${d.entry ?? ''}) matches but its conditions (retain, maxQos) exclude this request`
+    case 'invalid': return `deny: invalid request: ${d.detail ?? ''}`
+    case 'no-match': return 'deny: no statement allows it (default deny)'
+  }
+}
