@@ -1,0 +1,67 @@
+// RFC 5280 v2 CRLs signed by the issuing CA: CRL number, AKI, thisUpdate/nextUpdate, reason codes.
+import * as x509 from '@peculiar/x509'
+import { REVOCATION_REASONS } from '../common/ids.js'
+import type { Revocation } from '../store/types.js'
+import { signingAlgorithm, type CryptoKey, type KeyType } from './keys.js'
+import { addDays } from './profile.js'
+
+/** id-ce-cRLNumber (RFC 5280 section 5.2.3); @peculiar/x509 has no class for it. */
+export const OID_CRL_NUMBER = '2.5.29.20'
+
+/** DER INTEGER of a non-negative bigint, minimal length, with a sign byte when the high bit is set. */
+export function derInteger (value: bigint): Uint8Array {
+  if (value < 0n) throw new RangeError('derInteger: negative value')
+  let hex = value.toString(16)
+  if (hex.length % 2 === 1) hex = '0' + hex
+  if (parseInt(hex.slice(0, 2), 16) >= 0x80) hex = '00' + hex
+  const body = Buffer.from(hex, 'hex')
+  // CRL numbers are at most 20 octets (RFC 5280), so the short length form always suffices.
+  if (body.length > 127) throw new RangeError('derInteger: value too large')
+  return new Uint8Array([0x02, body.length, ...body])
+}
+
+/** Hex serial as the CRL generator wants it: even length, so leading zeros of the canonical form are restored. */
+export function serialToCrlHex (serial: string): string {
+  return serial.length % 2 === 1 ? '0' + serial : serial
+}
+
+export interface CrlParams {
+  issuing: x509.X509Certificate
+  signingKey: CryptoKey
+  keyType: KeyType
+  /** Issuing CA's subject key identifier, hex. */
+  keyId: string
+  number: bigint
+  revocations: readonly Revocation[]
+  thisUpdate: Date
+  crlDays: number
+}
+
+/**
+ * Builds and signs the CRL. Revocations of certificates already expired at thisUpdate are left out
+ * (RFC 5280 section 3.3 allows it; the store keeps them for good).
+ */
+export async function buildCrl (p: CrlParams): Promise<x509.X509Crl> {
+  const thisUpdate = new Date(Math.floor(p.thisUpdate.getTime() / 1000) * 1000)
+  const entries: x509.X509CrlEntryParams[] = []
+  for (const r of p.revocations) {
+    if (Date.parse(r.notAfter) <= thisUpdate.getTime()) continue
+    const entry: x509.X509CrlEntryParams = { serialNumber: serialToCrlHex(r.serial), revocationDate: new Date(r.revokedAt) }
+    // unspecified (0) is expressed by leaving the reason code out (RFC 5280 section 5.3.1).
+    const code = REVOCATION_REASONS[r.reason]
+    if (code !== 0) entry.reason = code as number as x509.X509CrlReason
+    entries.push(entry)
+  }
+  return await x509.X509CrlGenerator.create({
+    issuer: p.issuing.subjectName,
+    thisUpdate,
+    nextUpdate: addDays(thisUpdate, p.crlDays),
+    signingKey: p.signingKey,
+    signingAlgorithm: signingAlgorithm(p.keyType),
+    entries,
+    extensions: [
+      new x509.AuthorityKeyIdentifierExtension(p.keyId),
+      new x509.Extension(OID_CRL_NUMBER, false, derInteger(p.number)),
+    ],
+  })
+}

@@ -1,0 +1,129 @@
+// Durable file writes: a reader sees either the old file or the complete new one, never a torn one.
+import { randomBytes } from 'node:crypto'
+import { closeSync, fsync as fsyncCb, openSync, promises as fs, rmSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { ZtError } from '../common/errors.js'
+
+export interface AtomicWriteOptions {
+  /** File mode of the result (default 0o644). */
+  mode?: number
+  /** Refuse to replace an existing file (ZT_IO) instead of overwriting it (default false). */
+  noClobber?: boolean
+  /** Operation named in error messages (default "write"). */
+  operation?: string
+}
+
+function tmpName (file: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
+}
+
+/** Syncs a directory so a rename in it survives a crash; some platforms cannot, which is harmless. */
+export async function fsyncDir (dir: string): Promise<void> {
+  let handle: fs.FileHandle | undefined
+  try {
+    handle = await fs.open(dir, 'r')
+    await handle.sync()
+  } catch {
+    // Directories cannot be opened for sync on every platform: the rename is still atomic.
+  } finally {
+    await handle?.close()
+  }
+}
+
+/** Writes tmp + fsync + rename (or link, with noClobber), then syncs the directory. */
+export async function writeFileAtomic (file: string, data: string | Uint8Array, options: AtomicWriteOptions = {}): Promise<void> {
+  const mode = options.mode ?? 0o644
+  const operation = options.operation ?? 'write'
+  const tmp = tmpName(file)
+  try {
+    const handle = await fs.open(tmp, 'wx', mode)
+    try {
+      await handle.writeFile(data)
+      // The umask may have narrowed the mode on open; keys must end exactly as asked.
+      await handle.chmod(mode)
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    if (options.noClobber === true) {
+      // link() fails when the target exists, where rename() would silently replace it.
+      await fs.link(tmp, file)
+      await fs.unlink(tmp)
+    } else {
+      await fs.rename(tmp, file)
+    }
+  } catch (err) {
+    await fs.rm(tmp, { force: true }).catch(() => {})
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') throw new ZtError('ZT_IO', `${operation}: ${file} already exists; refusing to overwrite it`, { file }, { cause: err })
+    throw new ZtError('ZT_IO', `${operation}: cannot write ${file} (${code ?? (err instanceof Error ? err.message : String(err))})`, { file }, { cause: err })
+  }
+  await fsyncDir(path.dirname(file))
+}
+
+export async function exists (file: string): Promise<boolean> {
+  try {
+    await fs.lstat(file)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Reads a file, turning a missing or unreadable file into ZT_IO naming the operation and path. */
+export async function readFileOrThrow (file: string, operation: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(file)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new ZtError('ZT_IO', `${operation}: cannot read ${file} (${code === 'ENOENT' ? 'no such file' : code ?? String(err)})`, { file }, { cause: err })
+  }
+}
+
+/** A file written under a temporary name, still open so its flush can be queued without reopening it. */
+export interface StagedFile {
+  tmp: string
+  fd: number
+}
+
+/**
+ * First half of an atomic write, for batches: the data goes to a temporary file synchronously (no thread-pool
+ * round trips per file); flushStaged later fsyncs and links it into place, off the signing thread.
+ */
+export function stageFileSync (file: string, data: string | Uint8Array, mode: number): StagedFile {
+  const tmp = tmpName(file)
+  // No chmod here (unlike writeFileAtomic): the umask can only narrow the mode, and bulk output counts syscalls.
+  const fd = openSync(tmp, 'wx', mode)
+  try {
+    writeFileSync(fd, data)
+  } catch (err) {
+    closeSync(fd)
+    rmSync(tmp, { force: true })
+    throw err
+  }
+  return { tmp, fd }
+}
+
+/** fsyncs and closes a staged file, then links it into place without replacing anything (EEXIST if taken). */
+export async function flushStaged (staged: StagedFile, file: string): Promise<void> {
+  try {
+    await fsyncFd(staged.fd)
+  } finally {
+    closeSync(staged.fd)
+  }
+  try {
+    await fs.link(staged.tmp, file)
+  } finally {
+    await fs.rm(staged.tmp, { force: true })
+  }
+}
+
+/** Drops a staged file that will not be committed (closing it if flushStaged did not). */
+export function discardStaged (staged: StagedFile): void {
+  try { closeSync(staged.fd) } catch { /* already closed by flushStaged */ }
+  rmSync(staged.tmp, { force: true })
+}
+
+function fsyncFd (fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fsyncCb(fd, (err) => { if (err === null) resolve(); else reject(err) }))
+}

@@ -1,0 +1,460 @@
+// File-backed CertStore in a CA home: append-only JSONL inventory and revocations, the latter doubling as the feed.
+import { watch, promises as fs, type FSWatcher } from 'node:fs'
+import path from 'node:path'
+import { ZtError } from '../common/errors.js'
+import { canonicalSerial, checkReason, type RevocationReason } from '../common/ids.js'
+import { writeFileAtomic } from '../ca/fsutil.js'
+import type {
+  CertListFilter, CertListing, CertStore, FeedEntry, IssuedCert, Revocation, RevokeResult, StoredCrl,
+} from './types.js'
+
+/** Names of the store's files inside its directory (`<home>/store/`). */
+export const FILE_STORE_FILES = {
+  inventory: 'inventory.jsonl',
+  revocations: 'revocations.jsonl',
+  crlNumber: 'crl-number',
+  crl: 'crl.json',
+  lock: 'lock',
+} as const
+
+export interface FileStoreOptions {
+  /** Give up waiting for another process's lock after this long (default 10 000 ms). */
+  lockTimeoutMs?: number
+  /** A lock older than this is taken to be left by a crashed process (default 30 000 ms). */
+  staleLockMs?: number
+  /** Feed poll interval used alongside fs.watch, which can miss events on some filesystems (default 25 ms). */
+  pollMs?: number
+}
+
+const NL = 0x0a
+
+function storeError (operation: string, err: unknown): ZtError {
+  if (err instanceof ZtError) return err
+  const code = (err as NodeJS.ErrnoException).code
+  return new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: file store unavailable (${code ?? (err instanceof Error ? err.message : String(err))})`, {}, { cause: err })
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** Whether a process with this pid is alive on this host (EPERM means alive but not ours). */
+function pidAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * An append-only JSONL file mirrored in memory. Only complete lines count: a line without its newline is
+ * either still being written or torn by a crash, and the next writer truncates it away under the lock.
+ */
+class JsonlFile<T> {
+  /** Bytes through the last complete line already parsed. */
+  offset = 0
+  private refreshing: Promise<void> | null = null
+
+  constructor (readonly file: string, private readonly onLine: (value: T, endOffset: number) => void, private readonly onReset: () => void) {}
+
+  /** Brings the mirror up to the file's current size; cheap (one stat) when nothing changed. */
+  async refresh (): Promise<void> {
+    // Single flight: concurrent callers share one read instead of racing on the offset.
+    this.refreshing ??= this.doRefresh().finally(() => { this.refreshing = null })
+    await this.refreshing
+  }
+
+  private async doRefresh (): Promise<void> {
+    const { size } = await fs.stat(this.file)
+    if (size < this.offset) {
+      // Only a torn tail is ever truncated, below what we parsed, so shrinking past it means the file was replaced.
+      this.offset = 0
+      this.onReset()
+    }
+    if (size === this.offset) return
+    const { lines } = await readLines(this.file, this.offset, size)
+    for (const { value, end } of lines) {
+      this.onLine(JSON.parse(value) as T, end)
+      this.offset = end
+    }
+  }
+
+  /** Under the writer's lock: drops a torn tail left by a crashed writer, then appends whole lines and fsyncs. */
+  async append (values: readonly unknown[]): Promise<void> {
+    if (values.length === 0) return
+    await this.refresh()
+    const handle = await fs.open(this.file, 'r+')
+    try {
+      const { size } = await handle.stat()
+      if (size > this.offset) await handle.truncate(this.offset)
+      const text = values.map((v) => JSON.stringify(v) + '\n').join('')
+      await handle.write(text, this.offset, 'utf8')
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await this.refresh()
+  }
+}
+
+/** Reads the complete lines between two byte offsets. */
+async function readLines (file: string, from: number, to: number): Promise<{ lines: Array<{ value: string, end: number }> }> {
+  const lines: Array<{ value: string, end: number }> = []
+  if (to <= from) return { lines }
+  const handle = await fs.open(file, 'r')
+  try {
+    const buf = Buffer.alloc(to - from)
+    const { bytesRead } = await handle.read(buf, 0, buf.length, from)
+    let start = 0
+    for (let i = 0; i < bytesRead; i++) {
+      if (buf[i] !== NL) continue
+      if (i > start) lines.push({ value: buf.toString('utf8', start, i), end: from + i + 1 })
+      start = i + 1
+    }
+  } finally {
+    await handle.close()
+  }
+  return { lines }
+}
+
+export class FileCertStore implements CertStore {
+  readonly backend = 'file' as const
+  readonly dir: string
+  private readonly files: Record<keyof typeof FILE_STORE_FILES, string>
+  private readonly lockTimeoutMs: number
+  private readonly staleLockMs: number
+  private readonly pollMs: number
+
+  private readonly issued = new Map<string, IssuedCert>()
+  private readonly revoked = new Map<string, Revocation>()
+  private revocationOrder: Revocation[] = []
+  private readonly inventory: JsonlFile<IssuedCert>
+  private readonly revocationLog: JsonlFile<Revocation>
+
+  /** In-process queue in front of the file lock: the lock file alone would make our own calls spin. */
+  private queue: Promise<void> = Promise.resolve()
+  private closed = false
+  private readonly waiters = new Set<() => void>()
+
+  constructor (dir: string, options: FileStoreOptions = {}) {
+    this.dir = dir
+    this.files = {
+      inventory: path.join(dir, FILE_STORE_FILES.inventory),
+      revocations: path.join(dir, FILE_STORE_FILES.revocations),
+      crlNumber: path.join(dir, FILE_STORE_FILES.crlNumber),
+      crl: path.join(dir, FILE_STORE_FILES.crl),
+      lock: path.join(dir, FILE_STORE_FILES.lock),
+    }
+    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000
+    this.staleLockMs = options.staleLockMs ?? 30_000
+    this.pollMs = options.pollMs ?? 25
+    this.inventory = new JsonlFile<IssuedCert>(this.files.inventory, (c) => { this.issued.set(c.serial, c) }, () => { this.issued.clear() })
+    this.revocationLog = new JsonlFile<Revocation>(this.files.revocations, (r) => {
+      // Revoke is idempotent at write time; the first record of a serial is the one that counts.
+      if (!this.revoked.has(r.serial)) { this.revoked.set(r.serial, r); this.revocationOrder.push(r) }
+    }, () => { this.revoked.clear(); this.revocationOrder = [] })
+  }
+
+  /** Creates the directory and files when missing and loads the mirror. */
+  async open (): Promise<this> {
+    try {
+      await fs.mkdir(this.dir, { recursive: true, mode: 0o700 })
+      for (const file of [this.files.inventory, this.files.revocations]) {
+        await (await fs.open(file, 'a', 0o600)).close()
+      }
+      await Promise.all([this.inventory.refresh(), this.revocationLog.refresh()])
+    } catch (err) {
+      throw storeError(`open store ${this.dir}`, err)
+    }
+    return this
+  }
+
+  private assertOpen (operation: string): void {
+    if (this.closed) throw new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: the store is closed`)
+  }
+
+  private async withLock<T> (operation: string, fn: () => Promise<T>): Promise<T> {
+    this.assertOpen(operation)
+    const previous = this.queue
+    let release!: () => void
+    this.queue = new Promise((resolve) => { release = resolve })
+    await previous
+    try {
+      await this.acquireFileLock(operation)
+      try {
+        return await fn()
+      } catch (err) {
+        throw storeError(operation, err)
+      } finally {
+        await fs.rm(this.files.lock, { force: true })
+      }
+    } finally {
+      release()
+    }
+  }
+
+  private async acquireFileLock (operation: string): Promise<void> {
+    const deadline = Date.now() + this.lockTimeoutMs
+    for (;;) {
+      try {
+        const handle = await fs.open(this.files.lock, 'wx', 0o600)
+        await handle.writeFile(`${process.pid} ${Date.now()}\n`)
+        await handle.close()
+        return
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw storeError(operation, err)
+      }
+      await this.breakStaleLock()
+      if (Date.now() > deadline) {
+        throw new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: the store lock ${this.files.lock} is held by another process for more than ${this.lockTimeoutMs} ms`)
+      }
+      await sleep(2 + Math.random() * 8)
+    }
+  }
+
+  private async breakStaleLock (): Promise<void> {
+    let text: string
+    try {
+      text = await fs.readFile(this.files.lock, 'utf8')
+    } catch {
+      return
+    }
+    const [pidText, atText] = text.trim().split(' ')
+    const pid = Number(pidText)
+    const at = Number(atText)
+    // An empty lock file is one being written right now; only a dead owner or a very old lock is stale.
+    const stale = (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) ||
+      (Number.isFinite(at) && at > 0 && Date.now() - at > this.staleLockMs)
+    if (stale) await fs.rm(this.files.lock, { force: true })
+  }
+
+  async recordIssued (certs: readonly IssuedCert[]): Promise<void> {
+    if (certs.length === 0) return
+    await this.withLock('record issued', async () => {
+      await this.inventory.refresh()
+      const fresh: IssuedCert[] = []
+      const seen = new Set<string>()
+      for (const c of certs) {
+        const serial = canonicalSerial(c.serial)
+        if (serial === null || serial !== c.serial) throw new ZtError('ZT_BAD_ARGUMENT', `record issued: serial ${JSON.stringify(c.serial)} is not canonical`)
+        if (this.issued.has(serial) || seen.has(serial)) {
+          throw new ZtError('ZT_BAD_ARGUMENT', `record issued: serial ${serial} is already in the inventory`, { serial })
+        }
+        seen.add(serial)
+        fresh.push({ serial, id: c.id, kind: c.kind, groups: [...c.groups], notBefore: c.notBefore, notAfter: c.notAfter })
+      }
+      await this.inventory.append(fresh)
+    })
+  }
+
+  async getIssued (serial: string): Promise<IssuedCert | null> {
+    this.assertOpen('get issued')
+    // Inventory lines never change once written: a hit needs no I/O, a miss looks for new lines.
+    const hit = this.issued.get(serial)
+    if (hit !== undefined) return hit
+    try {
+      await this.inventory.refresh()
+    } catch (err) {
+      throw storeError('get issued', err)
+    }
+    return this.issued.get(serial) ?? null
+  }
+
+  async list (filter: CertListFilter = {}, now: Date = new Date()): Promise<CertListing[]> {
+    this.assertOpen('list')
+    try {
+      await Promise.all([this.inventory.refresh(), this.revocationLog.refresh()])
+    } catch (err) {
+      throw storeError('list', err)
+    }
+    const out: CertListing[] = []
+    const nowMs = now.getTime()
+    for (const c of this.issued.values()) {
+      if (filter.id !== undefined && c.id !== filter.id) continue
+      const r = this.revoked.get(c.serial)
+      const status = r !== undefined ? 'revoked' : Date.parse(c.notAfter) <= nowMs ? 'expired' : 'active'
+      if (filter.status !== undefined && status !== filter.status) continue
+      const listing: CertListing = { ...c, groups: [...c.groups], status }
+      if (r !== undefined) { listing.revokedAt = r.revokedAt; listing.reason = r.reason }
+      out.push(listing)
+    }
+    out.sort((a, b) => a.notBefore < b.notBefore ? -1 : a.notBefore > b.notBefore ? 1 : a.serial < b.serial ? -1 : a.serial > b.serial ? 1 : 0)
+    return out
+  }
+
+  async revoke (serials: readonly string[], reason: RevocationReason, at: Date = new Date()): Promise<RevokeResult[]> {
+    checkReason(reason, 'revoke')
+    const wanted: string[] = []
+    for (const s of serials) {
+      const serial = canonicalSerial(s)
+      if (serial === null) throw new ZtError('ZT_BAD_ARGUMENT', `revoke: serial ${JSON.stringify(s)} is not hexadecimal`, { serial: s })
+      if (!wanted.includes(serial)) wanted.push(serial)
+    }
+    return await this.withLock('revoke', async () => {
+      await Promise.all([this.inventory.refresh(), this.revocationLog.refresh()])
+      const unknown = wanted.filter((s) => !this.issued.has(s))
+      if (unknown.length > 0) {
+        throw new ZtError('ZT_UNKNOWN_SERIAL', `revoke: serial ${unknown.join(', ')} was not issued by this CA; nothing revoked`, { serials: unknown })
+      }
+      const results: RevokeResult[] = []
+      const fresh: Revocation[] = []
+      for (const serial of wanted) {
+        const existing = this.revoked.get(serial)
+        if (existing !== undefined) { results.push({ revocation: existing, created: false }); continue }
+        const cert = this.issued.get(serial) as IssuedCert
+        const revocation: Revocation = { serial, id: cert.id, reason, revokedAt: at.toISOString(), notAfter: cert.notAfter }
+        fresh.push(revocation)
+        results.push({ revocation, created: true })
+      }
+      // One write for the whole batch: the records and the feed are the same lines.
+      await this.revocationLog.append(fresh)
+      return results
+    })
+  }
+
+  async getRevocation (serial: string): Promise<Revocation | null> {
+    this.assertOpen('get revocation')
+    try {
+      await this.revocationLog.refresh()
+    } catch (err) {
+      throw storeError('get revocation', err)
+    }
+    return this.revoked.get(serial) ?? null
+  }
+
+  async loadRevocations (): Promise<{ revocations: Revocation[], cursor: string }> {
+    this.assertOpen('load revocations')
+    try {
+      await this.revocationLog.refresh()
+    } catch (err) {
+      throw storeError('load revocations', err)
+    }
+    return { revocations: [...this.revocationOrder], cursor: String(this.revocationLog.offset) }
+  }
+
+  private async feedFrom (offset: number, count: number): Promise<FeedEntry[]> {
+    const { size } = await fs.stat(this.files.revocations)
+    if (offset > size) throw new ZtError('ZT_BAD_ARGUMENT', `read feed: cursor ${offset} is beyond the end of the feed (${size})`, { cursor: offset })
+    if (offset > 0) {
+      // A cursor always sits just after a newline; anything else was not handed out by this store.
+      const handle = await fs.open(this.files.revocations, 'r')
+      try {
+        const b = Buffer.alloc(1)
+        await handle.read(b, 0, 1, offset - 1)
+        if (b[0] !== NL) throw new ZtError('ZT_BAD_ARGUMENT', `read feed: cursor ${offset} is not a feed position`, { cursor: offset })
+      } finally {
+        await handle.close()
+      }
+    }
+    const { lines } = await readLines(this.files.revocations, offset, size)
+    return lines.slice(0, count).map(({ value, end }) => ({ cursor: String(end), revocation: JSON.parse(value) as Revocation }))
+  }
+
+  async readFeed (cursor: string, options: { blockMs: number, count?: number }): Promise<FeedEntry[]> {
+    this.assertOpen('read feed')
+    if (!/^(0|[1-9][0-9]*)$/.test(cursor)) throw new ZtError('ZT_BAD_ARGUMENT', `read feed: cursor ${JSON.stringify(cursor)} is not a feed position`, { cursor })
+    const offset = Number(cursor)
+    const count = options.count ?? 1000
+    const deadline = Date.now() + Math.max(0, options.blockMs)
+    let watcher: FSWatcher | undefined
+    let wake: (() => void) | undefined
+    try {
+      for (;;) {
+        let entries: FeedEntry[]
+        try {
+          entries = await this.feedFrom(offset, count)
+        } catch (err) {
+          throw storeError('read feed', err)
+        }
+        const remaining = deadline - Date.now()
+        if (entries.length > 0 || remaining <= 0 || this.closed) return entries
+        if (watcher === undefined) {
+          try {
+            // Armed before the next read, so a line appended in between still wakes us.
+            watcher = watch(this.files.revocations, { persistent: false }, () => wake?.())
+            watcher.on('error', () => {})
+            continue
+          } catch {
+            // inotify limits and some network filesystems: the poll below still bounds the delay.
+          }
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, Math.min(remaining, this.pollMs))
+          function done (): void { clearTimeout(timer); resolve() }
+          wake = done
+          this.waiters.add(done)
+        })
+        if (wake !== undefined) this.waiters.delete(wake)
+        wake = undefined
+      }
+    } finally {
+      watcher?.close()
+    }
+  }
+
+  async nextCrlNumber (): Promise<bigint> {
+    return await this.withLock('next CRL number', async () => {
+      const previous = await this.readCrlNumber()
+      const next = previous + 1n
+      await writeFileAtomic(this.files.crlNumber, `${next}\n`, { mode: 0o600, operation: 'next CRL number' })
+      return next
+    })
+  }
+
+  private async readCrlNumber (): Promise<bigint> {
+    let text: string
+    try {
+      text = await fs.readFile(this.files.crlNumber, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0n
+      throw err
+    }
+    if (!/^[0-9]+$/.test(text.trim())) throw new ZtError('ZT_STORE_UNAVAILABLE', `next CRL number: ${this.files.crlNumber} does not hold a number`)
+    return BigInt(text.trim())
+  }
+
+  async saveCrl (crl: StoredCrl): Promise<void> {
+    await this.withLock('save CRL', async () => {
+      const current = await this.readCrl()
+      if (current !== null && current.number >= crl.number) return
+      const body = JSON.stringify({ number: crl.number.toString(), der: Buffer.from(crl.der).toString('base64') })
+      await writeFileAtomic(this.files.crl, body + '\n', { mode: 0o644, operation: 'save CRL' })
+    })
+  }
+
+  private async readCrl (): Promise<StoredCrl | null> {
+    let text: string
+    try {
+      text = await fs.readFile(this.files.crl, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      throw err
+    }
+    const parsed = JSON.parse(text) as { number: string, der: string }
+    return { number: BigInt(parsed.number), der: new Uint8Array(Buffer.from(parsed.der, 'base64')) }
+  }
+
+  async loadCrl (): Promise<StoredCrl | null> {
+    this.assertOpen('load CRL')
+    try {
+      return await this.readCrl()
+    } catch (err) {
+      throw storeError('load CRL', err)
+    }
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    // Blocked feed readers return [] at once instead of holding the process open until blockMs.
+    for (const w of this.waiters) w()
+    this.waiters.clear()
+    await this.queue
+  }
+}
+
+/** Opens (creating when missing) the file store kept in `dir`. */
+export async function openFileStore (dir: string, options: FileStoreOptions = {}): Promise<FileCertStore> {
+  return await new FileCertStore(dir, options).open()
+}
