@@ -2,6 +2,7 @@
 import 'reflect-metadata'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { oneLine, ZtError } from '../common/errors.js'
+import { commands as brokerCommands } from './broker.js'
 import { commands as caCommands } from './ca.js'
 import { commands as policyCommands } from './policy.js'
 
@@ -40,6 +41,7 @@ const GLOBAL_OPTIONS: OptionSpec = {
 const registry: Command[] = [
   ...caCommands,
   ...policyCommands,
+  ...brokerCommands,
 ]
 
 function usage (): string {

@@ -23,6 +23,12 @@ export const ErrorCodes = {
   ZT_BAD_CONFIG: 'the broker configuration has an unknown key or a bad value',
   ZT_STORE_UNAVAILABLE: 'the certificate store (files or Redis) cannot be read or written',
   ZT_IO: 'a file could not be read or written',
+  ZT_FORBIDDEN: 'the admin API refused the client certificate (not an active operator certificate of this CA)',
+  ZT_NOT_FOUND: 'the admin API has no such route, or the thing asked for does not exist yet',
+  ZT_BAD_METHOD: 'the admin API route exists but not with this HTTP method',
+  ZT_TOO_LARGE: 'an admin API request body is larger than the limit',
+  ZT_CA_UNAVAILABLE: 'the broker cannot use the CA private keys (no or wrong passphrase), so it cannot issue or sign',
+  ZT_INTERNAL: 'an unexpected failure inside the broker; the broker log has the details',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

@@ -1,0 +1,234 @@
+// Who a connection is: the identity read from its client certificate's DER, or the short reason it is refused.
+import 'reflect-metadata'
+import { createHash, X509Certificate as NodeX509 } from 'node:crypto'
+import * as x509 from '@peculiar/x509'
+import { canonicalSerial, isValidId, MQTT_KINDS, parseSpiffeUri, type Kind } from '../common/ids.js'
+
+/** A certificate-backed identity allowed to speak MQTT. */
+export interface Identity {
+  id: string
+  kind: Kind
+  groups: readonly string[]
+  /** Canonical serial (lower-case hex, no leading zeros). */
+  serial: string
+  trustDomain: string
+  /** SHA-256 of the certificate DER, lower-case hex. */
+  fingerprint: string
+  notBefore: Date
+  notAfter: Date
+}
+
+/** Stable, short reasons for refusing a certificate; they appear verbatim in audit lines and the README table. */
+export type IdentityRefusal =
+  | 'no-certificate'
+  | 'unparsable-certificate'
+  | 'foreign-issuer'
+  | 'bad-signature'
+  | 'ca-certificate'
+  | 'no-basic-constraints'
+  | 'no-digital-signature'
+  | 'no-client-auth'
+  | 'cn-count'
+  | 'san-uri-count'
+  | 'bad-spiffe-uri'
+  | 'wrong-trust-domain'
+  | 'cn-uri-mismatch'
+  | 'kind-not-allowed'
+  | 'weak-key'
+  | 'bad-group'
+  | 'expired'
+  | 'not-yet-valid'
+
+export type IdentityResult =
+  | { ok: true, identity: Identity }
+  | { ok: false, reason: IdentityRefusal, detail: string }
+
+/** What a certificate is checked against: our issuing CA and trust domain. */
+export interface TrustAnchor {
+  trustDomain: string
+  /** Exact DER of the issuing CA's subject name, as re-encoded by @peculiar/x509 (compared against leaf issuers encoded the same way). */
+  issuerName: Uint8Array
+  /** Subject key identifier of the issuing CA, lower-case hex. */
+  issuerKeyId: string
+  issuer: NodeX509
+}
+
+const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
+
+function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0
+}
+
+function hex (buf: ArrayBuffer | Uint8Array): string {
+  return Buffer.from(buf instanceof Uint8Array ? buf : new Uint8Array(buf)).toString('hex')
+}
+
+/** Builds the trust anchor from the issuing CA certificate (PEM or DER) and our trust domain. */
+export function trustAnchor (issuingCa: string | Uint8Array, trustDomain: string): TrustAnchor {
+  const ca = new x509.X509Certificate(typeof issuingCa === 'string' ? issuingCa : new Uint8Array(issuingCa))
+  const ski = ca.getExtension(x509.SubjectKeyIdentifierExtension)
+  if (ski === null) throw new Error(`broker trust anchor: issuing CA "${ca.subject}" has no subject key identifier`)
+  const bc = ca.getExtension(x509.BasicConstraintsExtension)
+  if (bc === null || !bc.ca) throw new Error(`broker trust anchor: "${ca.subject}" is not a CA certificate`)
+  return {
+    trustDomain,
+    issuerName: new Uint8Array(ca.subjectName.toArrayBuffer()),
+    issuerKeyId: ski.keyId.toLowerCase(),
+    issuer: new NodeX509(Buffer.from(ca.rawData)),
+  }
+}
+
+function refuse (reason: IdentityRefusal, detail: string): IdentityResult {
+  return { ok: false, reason, detail }
+}
+
+function checkKey (cert: NodeX509): string | null {
+  const key = cert.publicKey
+  const details = key.asymmetricKeyDetails ?? {}
+  switch (key.asymmetricKeyType) {
+    case 'ec':
+      // OpenSSL's names for P-256 and P-384; every other curve is outside what the CA issues.
+      if (details.namedCurve === 'prime256v1' || details.namedCurve === 'secp384r1') return null
+      return `EC curve ${details.namedCurve ?? 'unknown'} (P-256 or P-384 required)`
+    case 'rsa':
+      if ((details.modulusLength ?? 0) >= 2048) return null
+      return `RSA-${details.modulusLength ?? 0} (at least 2048 bits required)`
+    default:
+      return `key type ${key.asymmetricKeyType ?? 'unknown'} (EC P-256/P-384 or RSA >= 2048 required)`
+  }
+}
+
+/**
+ * Reads and checks the identity in a client certificate (DER). Pure: the answer depends only on the DER, the
+ * anchor and `kinds`, so it may be cached per fingerprint. Validity dates are NOT checked here (they change with
+ * time): see checkValidity. Revocation and inventory are never part of this answer.
+ * @param kinds kinds accepted; default the MQTT ones (device, service). The admin API passes ['operator'].
+ */
+export function readIdentity (der: Uint8Array, anchor: TrustAnchor, kinds: readonly Kind[] = MQTT_KINDS): IdentityResult {
+  if (der.length === 0) return refuse('no-certificate', 'the client presented no certificate')
+  const fingerprint = createHash('sha256').update(der).digest('hex')
+  let cert: x509.X509Certificate
+  let nodeCert: NodeX509
+  try {
+    cert = new x509.X509Certificate(new Uint8Array(der))
+    nodeCert = new NodeX509(Buffer.from(der))
+  } catch (err) {
+    return refuse('unparsable-certificate', `certificate ${fingerprint.slice(0, 16)} does not parse: ${(err as Error).message}`)
+  }
+
+  // Issued directly by our issuing CA: same issuer name, same key id, and the signature verifies under its key
+  // (OpenSSL already checked the chain; this keeps us honest when the TLS layer is configured by someone else).
+  if (!bytesEqual(new Uint8Array(cert.issuerName.toArrayBuffer()), anchor.issuerName)) {
+    return refuse('foreign-issuer', `issuer "${cert.issuer}" is not our issuing CA`)
+  }
+  const aki = cert.getExtension(x509.AuthorityKeyIdentifierExtension)
+  if (aki?.keyId === undefined || aki.keyId.toLowerCase() !== anchor.issuerKeyId) {
+    return refuse('foreign-issuer', `authority key id ${aki?.keyId ?? 'missing'} is not our issuing CA's ${anchor.issuerKeyId}`)
+  }
+  if (!nodeCert.verify(anchor.issuer.publicKey)) {
+    return refuse('bad-signature', 'the certificate signature does not verify under our issuing CA key')
+  }
+
+  const bc = cert.getExtension(x509.BasicConstraintsExtension)
+  if (bc === null) return refuse('no-basic-constraints', 'the certificate has no basicConstraints (CA:FALSE required)')
+  if (bc.ca) return refuse('ca-certificate', 'the certificate is a CA certificate (CA:TRUE)')
+  const ku = cert.getExtension(x509.KeyUsagesExtension)
+  if (ku === null || (ku.usages & x509.KeyUsageFlags.digitalSignature) === 0) {
+    return refuse('no-digital-signature', 'keyUsage digitalSignature is missing')
+  }
+  if ((ku.usages & x509.KeyUsageFlags.keyCertSign) !== 0) return refuse('ca-certificate', 'a client certificate may not carry keyCertSign')
+  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension)
+  if (eku === null || !eku.usages.map(String).includes(OID_CLIENT_AUTH)) {
+    return refuse('no-client-auth', 'extendedKeyUsage clientAuth is missing')
+  }
+
+  const keyProblem = checkKey(nodeCert)
+  if (keyProblem !== null) return refuse('weak-key', keyProblem)
+
+  const cns = cert.subjectName.getField('CN')
+  if (cns.length !== 1) return refuse('cn-count', `the subject has ${cns.length} CN values (exactly one required)`)
+  const cn = cns[0] as string
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension)
+  const uris = san === null ? [] : san.names.items.filter((n) => n.type === 'url').map((n) => n.value)
+  if (uris.length !== 1) return refuse('san-uri-count', `the certificate has ${uris.length} SAN URIs (exactly one required)`)
+  const uri = uris[0] as string
+  const spiffe = parseSpiffeUri(uri)
+  if (spiffe === null) return refuse('bad-spiffe-uri', `SAN URI ${JSON.stringify(uri)} is not spiffe://<trust-domain>/<kind>/<id>`)
+  if (spiffe.trustDomain !== anchor.trustDomain) {
+    return refuse('wrong-trust-domain', `trust domain ${JSON.stringify(spiffe.trustDomain)} is not ours (${anchor.trustDomain})`)
+  }
+  if (cn !== spiffe.id) return refuse('cn-uri-mismatch', `CN ${JSON.stringify(cn)} differs from the SAN URI id ${JSON.stringify(spiffe.id)}`)
+  if (!kinds.includes(spiffe.kind)) {
+    return refuse('kind-not-allowed', kinds === MQTT_KINDS ? `kind ${spiffe.kind} may not connect over MQTT` : `kind ${spiffe.kind} is not accepted here (${kinds.join(' or ')} only)`)
+  }
+
+  const groups: string[] = []
+  for (const ou of cert.subjectName.getField('OU')) {
+    if (!isValidId(ou)) return refuse('bad-group', `group (OU) ${JSON.stringify(ou)} is outside the id alphabet`)
+    if (!groups.includes(ou)) groups.push(ou)
+  }
+
+  const serial = canonicalSerial(cert.serialNumber)
+  if (serial === null) return refuse('unparsable-certificate', `serial ${JSON.stringify(cert.serialNumber)} is not hexadecimal`)
+
+  return {
+    ok: true,
+    identity: Object.freeze({
+      id: spiffe.id,
+      kind: spiffe.kind,
+      groups: Object.freeze(groups),
+      serial,
+      trustDomain: spiffe.trustDomain,
+      fingerprint,
+      notBefore: cert.notBefore,
+      notAfter: cert.notAfter,
+    }),
+  }
+}
+
+/** The time-dependent part, re-checked on every connection: resumed TLS sessions skip OpenSSL's date checks. */
+export function checkValidity (identity: Identity, now: Date = new Date()): IdentityResult {
+  if (now.getTime() < identity.notBefore.getTime()) return refuse('not-yet-valid', `certificate is valid from ${identity.notBefore.toISOString()}`)
+  if (now.getTime() > identity.notAfter.getTime()) return refuse('expired', `certificate expired at ${identity.notAfter.toISOString()}`)
+  return { ok: true, identity }
+}
+
+/**
+ * readIdentity with a bounded cache per certificate fingerprint, so reconnecting devices are not re-parsed.
+ * Only the pure certificate answer is cached: revocation and inventory checks happen on every connection.
+ */
+export class IdentityReader {
+  readonly #anchor: TrustAnchor
+  readonly #max: number
+  readonly #kinds: readonly Kind[]
+  readonly #cache = new Map<string, IdentityResult>()
+
+  /** `kinds`: see readIdentity; the cache holds answers for these kinds only, so each use needs its own reader. */
+  constructor (anchor: TrustAnchor, maxEntries = 10_000, kinds: readonly Kind[] = MQTT_KINDS) {
+    this.#anchor = anchor
+    this.#max = maxEntries
+    this.#kinds = kinds
+  }
+
+  get anchor (): TrustAnchor { return this.#anchor }
+
+  read (der: Uint8Array | undefined | null, now: Date = new Date()): IdentityResult {
+    if (der === undefined || der === null || der.length === 0) return refuse('no-certificate', 'the client presented no certificate')
+    const key = createHash('sha256').update(der).digest('hex')
+    let result = this.#cache.get(key)
+    if (result !== undefined) {
+      // Map order is insertion order: re-inserting makes this the most recently used entry.
+      this.#cache.delete(key)
+    } else {
+      result = readIdentity(der, this.#anchor, this.#kinds)
+    }
+    this.#cache.set(key, result)
+    if (this.#cache.size > this.#max) {
+      const oldest = this.#cache.keys().next().value
+      if (oldest !== undefined) this.#cache.delete(oldest)
+    }
+    return result.ok ? checkValidity(result.identity, now) : result
+  }
+
+  get size (): number { return this.#cache.size }
+}

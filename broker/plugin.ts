@@ -1,0 +1,447 @@
+// `zeroTrust(aedes, options)`: turns the Aedes hooks into thin adapters over the decisions in broker/decide.ts.
+import { randomUUID } from 'node:crypto'
+import type { TLSSocket } from 'node:tls'
+import tls from 'node:tls'
+import type { Aedes, Client, AuthenticateError, PublishPacket, Subscription, AedesPublishPacket, ConnectPacket } from 'aedes'
+import pino, { type Logger } from 'pino'
+import { ZtError } from '../common/errors.js'
+import { compileFor, type PolicySource } from '../policies/index.js'
+import type { CertStore } from '../store/types.js'
+import { denyAllAuthorizer, ownTopicsAuthorizer, type Authorizer, type AuthorizerFactory, type Qos } from './authorizer.js'
+import { bindClientId, CONNACK, decideConnect, type ConnectRefusal, type RevocationView } from './decide.js'
+import { GuardError, installGuard, type GuardState } from './guard.js'
+import { IdentityReader, trustAnchor, type Identity } from './identity.js'
+import { DEFAULT_LIMITS, type BrokerLimits } from './limits.js'
+import type { MetricsRecorder } from './metrics.js'
+import { hardenTlsSocket, tlsServerOptions, type TrustMaterial } from './tls.js'
+import { checkTopicFilter, checkTopicName } from './topics.js'
+
+export interface ZeroTrustOptions {
+  /**
+   * The CA the broker trusts and the TLS identity it serves (a `loadHome()` result fits). Without it the plugin
+   * admits nobody: every CONNECT gets "server unavailable".
+   */
+  ca?: TrustMaterial | undefined
+  /** Certificate inventory, for `identity.requireIssuedSerial` and for wills published by another node. */
+  store?: CertStore | undefined
+  /** The revoked set (a started RevocationMirror). Without one, nobody is admitted: revocation cannot be checked. */
+  revocation?: RevocationView | undefined
+  /** Topic policies (a PolicySet, or the watcher from `watchPolicies` so reloads apply to live connections). */
+  policies?: PolicySource | undefined
+  /**
+   * Compiles the per-connection authorizer; overrides `policies`. Default without either: the narrow built-in
+   * rule, each identity only under `devices/<id>/#`, nothing under `$SYS`.
+   */
+  authorizer?: AuthorizerFactory | undefined
+  identity?: {
+    /** Admit only serials the CA's inventory holds. @default true */
+    requireIssuedSerial?: boolean
+    /** Also accept client ids `<id>:<suffix>` (suffix in the id alphabet). @default false */
+    clientIdSuffix?: boolean
+  }
+  limits?: Partial<BrokerLimits>
+  /** Audit lines go here (pino). @default a silent logger */
+  logger?: Logger
+  /** Told about every audit line and every closed connection (broker/metrics.ts BrokerMetrics fits). @default none */
+  metrics?: MetricsRecorder | undefined
+}
+
+/** What the plugin knows about one accepted connection. */
+export interface ConnectionInfo {
+  identity: Identity
+  clientId: string
+  remote: string
+  connectedAt: Date
+}
+
+export interface ZeroTrust {
+  /** TLS server options (mutual TLS, our CA only); undefined when no CA is configured. */
+  readonly tlsOptions: tls.TlsOptions | undefined
+  /** A TLS server whose connections go to `aedes.handle`; throws ZT_BAD_CONFIG when no CA is configured. */
+  createServer (): tls.Server
+  /** The identity behind a connected Aedes client. */
+  connection (client: Client): ConnectionInfo | undefined
+  /** Live authenticated connections. */
+  readonly connections: number
+  /** Closes every live connection of a serial without publishing its will; returns how many. */
+  cutOff (serial: string): number
+  /** Stops following revocations. Hooks stay installed and keep refusing. */
+  detach (): void
+}
+
+interface ConnState extends ConnectionInfo {
+  authorizer: Authorizer
+  /** Receive denials already logged on this connection, so a busy topic cannot flood the audit log. */
+  loggedReceive: Set<string>
+}
+
+interface PendingConnect {
+  guard: GuardState
+  rawClientId: string
+  protocolVersion: number
+}
+
+/** Marks an Aedes client hook error with a CONNACK code (Aedes reads `returnCode`). */
+function connackError (code: number, message: string): AuthenticateError {
+  const err = new Error(message) as AuthenticateError
+  ;(err as { returnCode: number }).returnCode = code
+  return err
+}
+
+/** The serial of the connection that stored a Last Will travels with it, so any node can judge the will later. */
+const WILL_SERIAL = 'ztSerial'
+
+type WillPacket = PublishPacket & { clientId?: string, brokerId?: string, [WILL_SERIAL]?: string }
+
+function remoteOf (conn: unknown): string {
+  const s = conn as { remoteAddress?: string, remotePort?: number }
+  if (typeof s.remoteAddress !== 'string') return 'unknown'
+  return s.remoteAddress.includes(':') ? `[${s.remoteAddress}]:${s.remotePort ?? 0}` : `${s.remoteAddress}:${s.remotePort ?? 0}`
+}
+
+function isTlsSocket (conn: unknown): conn is TLSSocket {
+  return typeof (conn as { getPeerCertificate?: unknown }).getPeerCertificate === 'function'
+}
+
+const MAX_LOGGED_RECEIVE = 64
+
+/**
+ * Installs zero-trust admission and authorization on an Aedes 1.x instance. Hooks installed before are replaced
+ * (preConnect and published are chained after ours). The returned object creates the TLS server.
+ */
+export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTrust {
+  const limits: BrokerLimits = Object.freeze({ ...DEFAULT_LIMITS, ...(options.limits ?? {}) })
+  const log = options.logger ?? pino({ level: 'silent' })
+  const requireIssued = options.identity?.requireIssuedSerial ?? true
+  const allowSuffix = options.identity?.clientIdSuffix ?? false
+  const store = options.store
+  const revocation = options.revocation
+  const ca = options.ca
+  const reader = ca === undefined ? undefined : new IdentityReader(trustAnchor(ca.issuingPem, ca.trustDomain))
+  const policies = options.policies
+  const fromPolicies: AuthorizerFactory | undefined = policies === undefined
+    ? undefined
+    : (identity) => compileFor(policies, { id: identity.id, kind: identity.kind, groups: identity.groups, serial: identity.serial })
+  const compile: AuthorizerFactory = ca === undefined ? denyAllAuthorizer : (options.authorizer ?? fromPolicies ?? ownTopicsAuthorizer)
+  const tlsOptions = ca === undefined ? undefined : tlsServerOptions(ca, limits)
+
+  const states = new WeakMap<Client, ConnState>()
+  const pending = new WeakMap<Client, PendingConnect>()
+  const bySerial = new Map<string, Set<Client>>()
+  /** Publishes refused by policy: Aedes would close the connection on a hook error, so they are acked and dropped. */
+  const dropped = new WeakSet<object>()
+  /** Clients refused at CONNECT: their closing error is already in the audit log as connect.refused. */
+  const refused = new WeakSet<Client>()
+  const topicLimits = { maxTopicBytes: limits.maxTopicBytes, maxTopicLevels: limits.maxTopicLevels }
+
+  const broker = aedes as Aedes & {
+    connectTimeout: number
+    maxClientsIdLength: number
+    maxTopicLevels: number
+    persistence: { delWill (client: { id: string, brokerId: string }): Promise<unknown> }
+  }
+  broker.connectTimeout = limits.connectTimeoutMs
+  // Aedes only lets 3.1 clients use long ids, but 3.1 devices must still fit an id (64) plus ':' and a suffix (64).
+  broker.maxClientsIdLength = allowSuffix ? 129 : 64
+  // Aedes clamps to 100 (its router's ceiling); ours is usually far below.
+  broker.maxTopicLevels = Math.min(Math.max(limits.maxTopicLevels, 1), 100)
+
+  const metrics = options.metrics
+  const audit = (level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void => {
+    log[level]({ event, id: null, serial: null, ...fields }, event)
+    metrics?.record(event, fields)
+  }
+
+  // ---- connection setup: limits inside the parser, before the first byte is parsed --------------------------------
+  const originalHandle = aedes.handle
+  aedes.handle = function handle (conn, req) {
+    const client = originalHandle(conn, req)
+    const guard: GuardState = { authenticated: false, bytesBeforeAuth: 0 }
+    const remote = remoteOf(conn)
+    const ok = installGuard((client as unknown as { _parser: unknown })._parser, limits, guard, (err: GuardError) => {
+      const st = states.get(client)
+      audit('warn', 'protocol.violation', { id: st?.identity.id ?? null, serial: st?.identity.serial ?? null, reason: err.violation, detail: err.message, remote })
+    })
+    if (!ok) {
+      audit('warn', 'connect.refused', { reason: 'guard-unavailable', detail: 'the MQTT parser does not expose the hooks the byte limits need', remote })
+      conn.destroy()
+      return client
+    }
+    pending.set(client, { guard, rawClientId: '', protocolVersion: 0 })
+    if (isTlsSocket(conn)) hardenTlsSocket(conn)
+    conn.once('close', () => forget(client))
+    return client
+  }
+
+  function forget (client: Client): void {
+    const st = states.get(client)
+    if (st === undefined) return
+    metrics?.connectionClosed(st.identity.kind)
+    const set = bySerial.get(st.identity.serial)
+    set?.delete(client)
+    if (set !== undefined && set.size === 0) bySerial.delete(st.identity.serial)
+  }
+
+  // ---- CONNECT ------------------------------------------------------------------------------------------------------
+  const previousPreConnect = aedes.preConnect
+  aedes.preConnect = function preConnect (client, packet: ConnectPacket, callback) {
+    const p = pending.get(client)
+    if (p !== undefined) {
+      p.rawClientId = typeof packet.clientId === 'string' ? packet.clientId : ''
+      p.protocolVersion = packet.protocolVersion ?? 0
+    }
+    if (packet.protocolVersion !== 3 && packet.protocolVersion !== 4) {
+      // Aedes answers CONNACK 1 itself; the audit line is ours.
+      refused.add(client)
+      audit('warn', 'connect.refused', { reason: 'mqtt-version', detail: `MQTT protocol level ${String(packet.protocolVersion)}`, remote: remoteOf(client.conn), code: CONNACK.unacceptableProtocol })
+    }
+    previousPreConnect.call(aedes, client, packet, callback)
+  }
+
+  aedes.authenticate = function authenticate (client, _username, _password, callback) {
+    // Username and password are ignored by design: the certificate is the only credential.
+    const remote = remoteOf(client.conn)
+    const p = pending.get(client)
+    let answered = false
+    const refuse = (r: ConnectRefusal, identity?: Identity): void => {
+      answered = true
+      refused.add(client)
+      audit('warn', 'connect.refused', { id: identity?.id ?? null, serial: identity?.serial ?? null, reason: r.reason, detail: r.detail, code: r.code, remote, clientId: p?.rawClientId ?? null })
+      // Aedes cleans the inbound QoS 2 store of `client.id` when a clean client closes: never let that be a real id.
+      ;(client as { id: string }).id = `$refused/${randomUUID()}`
+      ;(client as unknown as { _will: unknown })._will = null
+      callback(connackError(r.code, r.detail), false)
+    }
+    if (p === undefined) {
+      refuse({ code: CONNACK.serverUnavailable, reason: 'guard-unavailable', detail: 'connection was not set up through aedes.handle' })
+      return
+    }
+    const conn = client.conn
+    const der = isTlsSocket(conn) ? conn.getPeerCertificate(true)?.raw : undefined
+    decideConnect({
+      configured: reader !== undefined,
+      tls: isTlsSocket(conn),
+      tlsAuthorized: isTlsSocket(conn) && conn.authorized,
+      certificate: der,
+      reader,
+      revocation,
+      store: requireIssued ? store : undefined,
+      requireIssuedSerial: requireIssued,
+    }).then((decision) => {
+      if (client.closed) return
+      if (!decision.ok) { refuse(decision, decision.identity); return }
+      const identity = decision.identity
+      const bound = bindClientId(p.rawClientId, client.clean, identity.id, allowSuffix)
+      if (!bound.ok) { refuse(bound, identity); return }
+      const authorizer = compile(identity)
+      const will = (client as unknown as { _will: WillPacket | null })._will
+      if (will !== null && will !== undefined) {
+        const bad = checkTopicName(will.topic, topicLimits)
+        if (bad !== null) { refuse({ code: CONNACK.notAuthorized, reason: 'will-topic-invalid', detail: `will topic: ${bad}` }, identity); return }
+        const d = authorizer.publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
+        if (d.effect !== 'allow') {
+          refuse({ code: CONNACK.notAuthorized, reason: 'will-forbidden', detail: `will topic ${JSON.stringify(will.topic)} is not allowed (${d.reason}${d.statement === undefined ? '' : `, ${d.statement}`})` }, identity)
+          return
+        }
+        will[WILL_SERIAL] = identity.serial
+      }
+      ;(client as { id: string }).id = bound.clientId
+      const st: ConnState = { identity, clientId: bound.clientId, remote, connectedAt: new Date(), authorizer, loggedReceive: new Set() }
+      states.set(client, st)
+      let set = bySerial.get(identity.serial)
+      if (set === undefined) { set = new Set(); bySerial.set(identity.serial, set) }
+      set.add(client)
+      p.guard.authenticated = true
+      audit('info', 'connect.accepted', { id: identity.id, serial: identity.serial, kind: identity.kind, groups: identity.groups, clientId: bound.clientId, clean: client.clean, remote, reason: 'certificate' })
+      answered = true
+      callback(null, true)
+    }).catch((err: unknown) => {
+      // Fail closed on anything unexpected (a policy that cannot compile for this identity, a store bug).
+      if (!client.closed && !answered) refuse({ code: CONNACK.serverUnavailable, reason: 'internal-error', detail: (err as Error).message ?? String(err) })
+    })
+  }
+
+  // A revocation can land between the checks above and Aedes registering the client: look once more.
+  const onClient = (client: Client): void => {
+    const st = states.get(client)
+    if (st === undefined) { client.close(); return }
+    if (revocation?.isRevoked(st.identity.serial) === true) cutOffClient(client)
+  }
+  aedes.on('client', onClient)
+
+  const onClientError = (client: Client, err: Error): void => {
+    if (err instanceof GuardError || refused.has(client)) return // already audited with its reason
+    const st = states.get(client)
+    audit('warn', 'connection.closed', { id: st?.identity.id ?? null, serial: st?.identity.serial ?? null, reason: 'protocol-error', detail: err.message, remote: remoteOf(client.conn) })
+  }
+  aedes.on('clientError', onClientError)
+  aedes.on('connectionError', onClientError)
+
+  // ---- PUBLISH (client publishes and Last Wills, from this node or, with client null, orphaned by a dead node) -----
+  const drop = (packet: object, callback: (err?: Error | null) => void): void => {
+    dropped.add(packet)
+    callback(null)
+  }
+
+  aedes.authorizePublish = function authorizePublish (client, packet, callback) {
+    const will = packet as WillPacket
+    if (client === null) { judgeOrphanWill(will, callback); return }
+    const st = states.get(client)
+    if (st === undefined) { drop(packet, callback); return }
+    if (typeof will[WILL_SERIAL] === 'string' && will[WILL_SERIAL] !== st.identity.serial) {
+      // A will stored by another session (of a node that died) while this id reconnected here: judge its owner.
+      judgeOrphanWill(will, callback)
+      return
+    }
+    const bad = checkTopicName(packet.topic, topicLimits)
+    if (bad !== null) {
+      audit('warn', 'protocol.violation', { id: st.identity.id, serial: st.identity.serial, reason: bad, remote: st.remote })
+      callback(new Error(`publish: topic refused (${bad})`))
+      return
+    }
+    if (revocation === undefined || revocation.isRevoked(st.identity.serial)) {
+      audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: 'revoked', remote: st.remote })
+      drop(packet, callback)
+      return
+    }
+    const d = st.authorizer.publish(packet.topic, { qos: (packet.qos ?? 0) as Qos, retain: packet.retain === true })
+    if (d.effect !== 'allow') {
+      audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, qos: packet.qos, retain: packet.retain === true, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
+      drop(packet, callback)
+      return
+    }
+    callback(null)
+  }
+
+  function judgeOrphanWill (will: WillPacket, callback: (err?: Error | null) => void): void {
+    const owner = typeof will.clientId === 'string' ? will.clientId : null
+    const serial = will[WILL_SERIAL]
+    const deny = (reason: string, id: string | null = null): void => {
+      audit('warn', 'will.denied', { id, serial: serial ?? null, clientId: owner, topic: will.topic, reason })
+      drop(will, callback)
+    }
+    if (typeof serial !== 'string') { deny('will-owner-unknown'); return }
+    if (revocation === undefined || !revocation.state().current) { deny('revocation-not-current'); return }
+    if (revocation.isRevoked(serial)) { deny('revoked'); return }
+    if (store === undefined) { deny('no-store'); return }
+    store.getIssued(serial).then((record) => {
+      if (record === null) { deny('unknown-serial'); return }
+      if (owner === null || !(owner === record.id || owner.startsWith(`${record.id}:`))) { deny('will-owner-mismatch', record.id); return }
+      if (revocation.isRevoked(serial)) { deny('revoked', record.id); return }
+      if (checkTopicName(will.topic, topicLimits) !== null) { deny('will-topic-invalid', record.id); return }
+      const d = compile({ id: record.id, kind: record.kind, groups: record.groups, serial }).publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
+      if (d.effect !== 'allow') { deny(d.reason, record.id); return }
+      callback(null)
+    }, () => { deny('store-unavailable') })
+  }
+
+  const originalPublish = aedes.publish
+  aedes.publish = function publish (this: Aedes, packet: PublishPacket, client: unknown, done?: unknown) {
+    const cb = (typeof client === 'function' ? client : done) as ((err?: Error) => void) | undefined
+    if (dropped.has(packet)) {
+      dropped.delete(packet)
+      if (cb !== undefined) setImmediate(cb)
+      return
+    }
+    return (originalPublish as (...args: unknown[]) => void).call(this, packet, client, done)
+  } as Aedes['publish']
+
+  // ---- SUBSCRIBE (also runs when Aedes restores a persistent session's subscriptions) -------------------------------
+  aedes.authorizeSubscribe = function authorizeSubscribe (client, sub: Subscription, callback) {
+    const st = states.get(client)
+    if (st === undefined) { callback(null, null); return }
+    const bad = checkTopicFilter(sub.topic, topicLimits)
+    if (bad !== null) {
+      audit('warn', 'subscribe.denied', { id: st.identity.id, serial: st.identity.serial, filter: sub.topic, reason: bad, remote: st.remote })
+      // A live SUBSCRIBE with a malformed filter is a protocol violation; a restored one (before CONNACK) is just
+      // skipped, so a stored bad filter cannot lock a session out for good.
+      if ((client as unknown as { connackSent: boolean }).connackSent) callback(new Error(`subscribe: filter refused (${bad})`))
+      else callback(null, null)
+      return
+    }
+    if (revocation === undefined || revocation.isRevoked(st.identity.serial)) { callback(null, null); return }
+    const d = st.authorizer.subscribe(sub.topic, { qos: (sub.qos ?? 0) as Qos })
+    if (d.effect !== 'allow') {
+      audit('warn', 'subscribe.denied', { id: st.identity.id, serial: st.identity.serial, filter: sub.topic, qos: sub.qos, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
+      callback(null, null)
+      return
+    }
+    const granted = d.grantedQos ?? sub.qos
+    callback(null, granted < sub.qos ? { ...sub, qos: granted } : sub)
+  }
+
+  // ---- RECEIVE: every delivery (live, retained, queued offline, from other nodes); synchronous ---------------------
+  aedes.authorizeForward = function authorizeForward (client, packet: AedesPublishPacket) {
+    const st = states.get(client)
+    if (st === undefined) return null
+    if (revocation === undefined || revocation.isRevoked(st.identity.serial)) return null
+    const d = st.authorizer.receive(packet.topic, { qos: (packet.qos ?? 0) as Qos, retain: packet.retain === true })
+    if (d.effect === 'allow') return packet
+    if (!st.loggedReceive.has(packet.topic) && st.loggedReceive.size < MAX_LOGGED_RECEIVE) {
+      st.loggedReceive.add(packet.topic)
+      audit('warn', 'receive.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
+    } else {
+      // The log is throttled per topic; the counter is not.
+      metrics?.record('receive.denied', {})
+    }
+    return null
+  }
+
+  // ---- revocation enforcement ----------------------------------------------------------------------------------------
+  function cutOffClient (client: Client): void {
+    const c = client as unknown as { will: unknown, _will: unknown, id: string }
+    // A revoked device's will is never published: drop it in memory and in persistence before closing.
+    c.will = null
+    c._will = null
+    broker.persistence?.delWill({ id: c.id, brokerId: aedes.id }).catch(() => {})
+    client.close()
+  }
+
+  function cutOff (serial: string): number {
+    const set = bySerial.get(serial)
+    if (set === undefined) return 0
+    const clients = [...set]
+    bySerial.delete(serial)
+    for (const client of clients) cutOffClient(client)
+    return clients.length
+  }
+
+  const onRevoked = (rev: { serial: string, id: string, reason: string }, latencyMs: number): void => {
+    const closed = cutOff(rev.serial)
+    audit('warn', 'revocation.enforced', { id: rev.id, serial: rev.serial, reason: rev.reason, sessions: closed, latencyMs: Math.round(latencyMs * 1000) / 1000 })
+  }
+  revocation?.on('revoked', onRevoked)
+
+  const previousPublished = aedes.published
+  aedes.published = function published (packet, client, callback) {
+    previousPublished.call(aedes, packet, client, callback)
+  }
+
+  return {
+    tlsOptions,
+    createServer () {
+      if (tlsOptions === undefined) throw new ZtError('ZT_BAD_CONFIG', 'zeroTrust: no CA configured (options.ca); refusing to serve TLS without one')
+      const server = tls.createServer(tlsOptions, (socket) => { aedes.handle(socket) })
+      server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+        audit('warn', 'connect.refused', { reason: 'tls-handshake', detail: err.code ?? err.message, remote: remoteOf(socket) })
+        // Node emits this on a handshake timeout but leaves the socket open: without destroy() the timeout is moot.
+        socket.destroy()
+      })
+      return server
+    },
+    connection (client) {
+      const st = states.get(client)
+      return st === undefined ? undefined : { identity: st.identity, clientId: st.clientId, remote: st.remote, connectedAt: st.connectedAt }
+    },
+    get connections () {
+      let n = 0
+      for (const set of bySerial.values()) n += set.size
+      return n
+    },
+    cutOff,
+    detach () {
+      revocation?.off('revoked', onRevoked)
+      aedes.off('client', onClient)
+    },
+  }
+}

@@ -1,0 +1,213 @@
+// `startBroker(config)`: CA home, store, revocation mirror, policies, Aedes, the mutual-TLS listener and the HTTP side.
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Server as TlsServer } from 'node:tls'
+import { Aedes, type AedesOptions } from 'aedes'
+import pino, { type DestinationStream, type Logger } from 'pino'
+import { loadHome, type LoadedHome } from '../ca/index.js'
+import { oneLine } from '../common/errors.js'
+import { resolvePoliciesDir, watchPolicies, type PolicyWatcher } from '../policies/index.js'
+import type { CertStore } from '../store/types.js'
+import { openStore } from '../ca/index.js'
+import type { BrokerConfig } from './config.js'
+import { RevocationMirror, type MirrorState } from './revocation.js'
+import { zeroTrust, type ZeroTrust } from './plugin.js'
+import { trustFromHome } from './tls.js'
+
+/** Paths pino must never print, whatever a caller logs by mistake. */
+export const REDACT_PATHS = [
+  'passphrase', '*.passphrase', 'password', '*.password', 'key', '*.key', 'keyPem', '*.keyPem',
+  'serverKeyPem', '*.serverKeyPem', 'payload', '*.payload', 'redisUrl', '*.redisUrl',
+]
+
+export function createLogger (level: string, destination?: DestinationStream): Logger {
+  const opts = { level, redact: { paths: REDACT_PATHS, censor: '[redacted]' }, base: { name: 'aedes-zt' } }
+  return destination === undefined ? pino(opts) : pino(opts, destination)
+}
+
+/**
+ * Where Aedes keeps sessions and routes messages. In memory by default; the Redis cluster wiring
+ * (aedes-persistence-redis + mqemitter-redis) plugs in here.
+ */
+export interface AedesBackends {
+  persistence?: unknown
+  mq?: unknown
+  close?: () => Promise<void>
+}
+
+export interface StartOptions {
+  /** pino destination for the log (tests capture it); default stdout. */
+  logStream?: DestinationStream
+  logger?: Logger
+  /** Builds the Aedes persistence and emitter; default in-memory. */
+  backends?: (config: Readonly<BrokerConfig>) => Promise<AedesBackends>
+}
+
+export interface RunningBroker {
+  readonly config: Readonly<BrokerConfig>
+  readonly home: LoadedHome
+  readonly aedes: Aedes
+  readonly zeroTrust: ZeroTrust
+  readonly mirror: RevocationMirror
+  readonly store: CertStore
+  readonly policies: PolicyWatcher
+  readonly logger: Logger
+  /** Bound MQTT port (useful with port 0). */
+  readonly port: number
+  /** Bound HTTP port, or null when disabled. */
+  readonly httpPort: number | null
+  /** Whether new connections are admitted now (the revocation mirror is current). */
+  admitting (): boolean
+  close (): Promise<void>
+}
+
+function listen (server: http.Server | TlsServer, port: number, host: string | null): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => { reject(err) }
+    server.once('error', onError)
+    const done = (): void => {
+      server.off('error', onError)
+      resolve((server.address() as AddressInfo).port)
+    }
+    if (host === null) server.listen(port, done)
+    else server.listen(port, host, done)
+  })
+}
+
+function closeServer (server: http.Server | TlsServer): Promise<void> {
+  return new Promise((resolve) => { server.close(() => { resolve() }) })
+}
+
+/** GET /healthz and GET /crl, plain HTTP: a CRL is public and signed, health is for load balancers. */
+function httpHandler (broker: () => RunningBroker | undefined): http.RequestListener {
+  return (req, res) => {
+    const b = broker()
+    const url = (req.url ?? '/').split('?')[0]
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end()
+      return
+    }
+    if (b === undefined) {
+      res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'starting' }))
+      return
+    }
+    if (url === '/healthz') {
+      const state: MirrorState = b.mirror.state()
+      const admitting = b.admitting()
+      const body = JSON.stringify({
+        status: admitting ? 'ok' : 'refusing',
+        connections: b.zeroTrust.connections,
+        revocation: { ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null },
+        policiesGeneration: b.policies.current().generation,
+      })
+      res.writeHead(admitting ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(req.method === 'HEAD' ? undefined : body)
+      return
+    }
+    if (url === '/crl') {
+      b.store.loadCrl().then((crl) => {
+        if (crl === null) {
+          res.writeHead(404, { 'content-type': 'text/plain' }).end('no CRL has been made yet; run aedes-zt crl\n')
+          return
+        }
+        res.writeHead(200, { 'content-type': 'application/pkix-crl', 'content-length': String(crl.der.length), 'cache-control': 'no-cache' })
+        res.end(req.method === 'HEAD' ? undefined : Buffer.from(crl.der))
+      }, (err: unknown) => {
+        b.logger.error({ event: 'http.crl.error', reason: oneLine(err) }, 'GET /crl failed')
+        res.writeHead(503, { 'content-type': 'text/plain' }).end('certificate store unavailable\n')
+      })
+      return
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n')
+  }
+}
+
+/**
+ * Starts a broker from a resolved config (broker/config.ts resolveConfig). Rejects with a ZtError when the home,
+ * store, revocation mirror or policies cannot be loaded, and with the listen error when a port is taken.
+ */
+export async function startBroker (config: Readonly<BrokerConfig>, options: StartOptions = {}): Promise<RunningBroker> {
+  const logger = options.logger ?? createLogger(config.logLevel, options.logStream)
+  const cleanups: Array<() => Promise<void> | void> = []
+  const unwind = async (): Promise<void> => {
+    const steps = cleanups.splice(0).reverse()
+    for (const c of steps) {
+      try { await c() } catch { /* already failing; the first error is the one to report */ }
+    }
+  }
+  try {
+    const home = await loadHome(config.home)
+    const store = await openStore(home, config.redisUrl === null ? {} : { redisUrl: config.redisUrl })
+    cleanups.push(() => store.close())
+    const mirror = new RevocationMirror(store, { maxStalenessMs: config.revocation.maxStalenessMs, logger })
+    cleanups.push(() => mirror.close())
+    await mirror.start()
+    mirror.on('state', (state: MirrorState) => {
+      logger[state.current ? 'info' : 'warn']({ event: state.current ? 'revocation.current' : 'revocation.stale', ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null }, state.current ? 'admitting connections' : 'refusing new connections until revocations are current')
+    })
+    const policiesDir = resolvePoliciesDir(config.policies ?? undefined)
+    const policies = watchPolicies(policiesDir, {
+      onReload: (set) => { logger.info({ event: 'policies.reloaded', generation: set.generation, files: set.files }, 'policies reloaded') },
+      onError: (err) => { logger.error({ event: 'policies.rejected', reason: oneLine(err) }, 'policy change rejected; the last good set stays') },
+    })
+    cleanups.push(() => { policies.close() })
+    logger.info({ event: 'policies.loaded', dir: policiesDir, generation: policies.current().generation, statements: policies.current().statements.length }, 'policies loaded')
+
+    const backends = options.backends === undefined ? {} : await options.backends(config)
+    if (backends.close !== undefined) cleanups.push(backends.close)
+    if (config.redisUrl !== null && backends.persistence === undefined) {
+      logger.warn({ event: 'sessions.local' }, 'sessions and retained messages are kept in memory on this node; revocations still follow Redis')
+    }
+    const aedesOptions: AedesOptions = {}
+    if (backends.persistence !== undefined) aedesOptions.persistence = backends.persistence
+    if (backends.mq !== undefined) aedesOptions.mq = backends.mq
+    const aedes = await Aedes.createBroker(aedesOptions)
+    cleanups.push(() => new Promise<void>((resolve) => { aedes.close(() => { resolve() }) }))
+    // Aedes re-emits persistence failures while clearing wills as 'error'; unhandled, that would kill the process.
+    ;(aedes as unknown as NodeJS.EventEmitter).on('error', (err: Error) => { logger.error({ event: 'aedes.error', reason: oneLine(err) }, 'aedes error') })
+
+    const zt = zeroTrust(aedes, {
+      ca: trustFromHome(home),
+      store,
+      revocation: mirror,
+      policies,
+      identity: config.identity,
+      limits: config.limits,
+      logger,
+    })
+    cleanups.push(() => { zt.detach() })
+    const tlsServer = zt.createServer()
+    const port = await listen(tlsServer, config.port, config.host)
+    // Not awaited: server.close() waits for every connection, and Aedes (closed next) is what ends them.
+    cleanups.push(() => { tlsServer.close() })
+
+    let running: RunningBroker | undefined
+    let httpPort: number | null = null
+    let httpServer: http.Server | undefined
+    if (config.httpPort !== null) {
+      httpServer = http.createServer(httpHandler(() => running))
+      httpPort = await listen(httpServer, config.httpPort, config.host)
+      const s = httpServer
+      cleanups.push(() => { s.closeAllConnections(); return closeServer(s) })
+    }
+
+    let closing: Promise<void> | undefined
+    running = {
+      config, home, aedes, zeroTrust: zt, mirror, store, policies, logger, port, httpPort,
+      admitting: () => mirror.state().current,
+      close () {
+        closing ??= (async () => {
+          logger.info({ event: 'broker.stopping' }, 'shutting down')
+          // Reverse order of creation: stop listening, close sessions (Aedes), then policies, mirror, store.
+          await unwind()
+          logger.info({ event: 'broker.stopped' }, 'stopped')
+        })()
+        return closing
+      },
+    }
+    logger.info({ event: 'broker.started', port, httpPort, home: home.paths.home, trustDomain: home.config.trustDomain, store: store.backend }, `MQTT over mutual TLS on port ${port}`)
+    return running
+  } catch (err) {
+    await unwind()
+    throw err
+  }
+}
