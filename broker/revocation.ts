@@ -57,6 +57,7 @@ export class RevocationMirror extends EventEmitter {
   #closed = false
   #ticker: NodeJS.Timeout | undefined
   #wake: (() => void) | undefined
+  #starting: Promise<void> | undefined
 
   constructor (store: CertStore, options: RevocationMirrorOptions = {}) {
     super()
@@ -74,6 +75,12 @@ export class RevocationMirror extends EventEmitter {
   async start (): Promise<void> {
     if (this.#closed) throw new ZtError('ZT_BAD_ARGUMENT', 'revocation mirror: start after close', {})
     if (this.#started) return
+    // Concurrent callers share one load; after a failed one, the next call tries again.
+    this.#starting ??= this.#load().finally(() => { this.#starting = undefined })
+    await this.#starting
+  }
+
+  async #load (): Promise<void> {
     const issuedAt = performance.now()
     let loaded: { revocations: Revocation[], cursor: string }
     try {

@@ -7,7 +7,7 @@ import { canonicalSerial } from '../common/ids.js'
 import { escapePart, redisKeys } from '../store/redis-keys.js'
 import { openRedisStore, type RedisCertStore } from '../store/redis.js'
 import type { IssuedCert } from '../store/types.js'
-import { deletePrefix, REDIS_URL, TcpProxy, testPrefix } from './helpers/redis.js'
+import { deletePrefix, REDIS_URL, startRedisServer, TcpProxy, testPrefix } from './helpers/redis.js'
 
 function cert (id: string, overrides: Partial<IssuedCert> = {}): IssuedCert {
   return {
@@ -192,5 +192,30 @@ describe('redis store', () => {
     const s = await store()
     await s.close()
     await expect(s.getIssued('ab')).rejects.toMatchObject({ code: 'ZT_STORE_UNAVAILABLE' })
+  })
+})
+
+describe('redis store durability', () => {
+  it('keeps an acknowledged revocation through a kill -9 and restart of Redis (AOF, appendfsync always)', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises')
+    const { tmpdir } = await import('node:os')
+    const path = await import('node:path')
+    const dir = await mkdtemp(path.join(tmpdir(), 'azt-redis-'))
+    cleanups.push(async () => { await rm(dir, { recursive: true, force: true }) })
+    let server = await startRedisServer(dir)
+    cleanups.push(async () => { await server.stop() })
+    const prefix = testPrefix()
+    const s = await openRedisStore({ url: server.url, prefix })
+    const c = cert('durable')
+    await s.recordIssued([c])
+    const [result] = await s.revoke([c.serial], 'keyCompromise')
+    await server.stop('SIGKILL')
+    await s.close()
+
+    server = await startRedisServer(dir, { port: server.port })
+    const again = await openRedisStore({ url: server.url, prefix })
+    cleanups.push(async () => { await again.close() })
+    expect(await again.getRevocation(c.serial)).toEqual(result?.revocation)
+    expect((await again.loadRevocations()).revocations).toEqual([result?.revocation])
   })
 })

@@ -15,6 +15,7 @@ export function testPrefix (): string {
 /** Deletes every key under the prefix (SCAN + UNLINK: never KEYS, never FLUSHDB on a shared server). */
 export async function deletePrefix (prefix: string, url: string = REDIS_URL): Promise<number> {
   const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  client.on('error', () => {})
   await client.connect()
   let deleted = 0
   try {
@@ -103,5 +104,61 @@ export async function eventually (check: () => boolean | Promise<boolean>, timeo
     if (await check()) return
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (bind port 0, read it, release it). */
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => { typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')) })
+    })
+  })
+}
+
+export interface RedisServerProcess {
+  url: string
+  /** Stops the server: SIGKILL by default, so nothing gets a chance to flush at exit. */
+  stop (signal?: NodeJS.Signals): Promise<void>
+}
+
+/**
+ * Starts a private redis-server with its data in `dir`, AOF with appendfsync always by default: the setting under
+ * which an acknowledged revoke survives even a kill -9 of Redis. Start it again on the same dir to "restart" it.
+ */
+export async function startRedisServer (dir: string, options: { port?: number, appendfsync?: 'always' | 'everysec' } = {}): Promise<RedisServerProcess & { port: number }> {
+  const { spawn } = await import('node:child_process')
+  const port = options.port ?? await freePort()
+  const child = spawn('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', 'yes', '--appendfsync', options.appendfsync ?? 'always', '--logfile', '',
+  ], { stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => { child.once('exit', () => { resolve() }) })
+  const url = `redis://127.0.0.1:${port}`
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  // Refused connects until the server is up are expected; without a listener ioredis prints each one.
+  probe.on('error', () => {})
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    try {
+      await probe.connect()
+      await probe.ping()
+      probe.disconnect()
+      break
+    } catch {
+      if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`redis-server on port ${port} did not start`) }
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+  return {
+    url,
+    port,
+    async stop (signal: NodeJS.Signals = 'SIGKILL') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+      await exited
+    },
   }
 }
