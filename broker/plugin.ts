@@ -412,11 +412,6 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   }
   revocation?.on('revoked', onRevoked)
 
-  const previousPublished = aedes.published
-  aedes.published = function published (packet, client, callback) {
-    previousPublished.call(aedes, packet, client, callback)
-  }
-
   return {
     tlsOptions,
     createServer () {

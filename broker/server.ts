@@ -13,6 +13,8 @@ import type { BrokerConfig } from './config.js'
 import { RevocationMirror, type MirrorState } from './revocation.js'
 import { zeroTrust, type ZeroTrust } from './plugin.js'
 import { trustFromHome } from './tls.js'
+import { BrokerMetrics } from './metrics.js'
+import { createAdminServer, openAdminAuthority } from './admin.js'
 
 /** Paths pino must never print, whatever a caller logs by mistake. */
 export const REDACT_PATHS = [
@@ -41,6 +43,8 @@ export interface StartOptions {
   logger?: Logger
   /** Builds the Aedes persistence and emitter; default in-memory. */
   backends?: (config: Readonly<BrokerConfig>) => Promise<AedesBackends>
+  /** Where the admin API reads AEDES_ZT_CA_PASSPHRASE (a dev home uses its own file). @default process.env */
+  env?: NodeJS.ProcessEnv
 }
 
 export interface RunningBroker {
@@ -56,6 +60,10 @@ export interface RunningBroker {
   readonly port: number
   /** Bound HTTP port, or null when disabled. */
   readonly httpPort: number | null
+  /** Bound admin API port, or null when disabled. */
+  readonly adminPort: number | null
+  /** This broker's Prometheus metrics (also served at GET /metrics). */
+  readonly metrics: BrokerMetrics
   /** Whether new connections are admitted now (the revocation mirror is current). */
   admitting (): boolean
   close (): Promise<void>
@@ -78,7 +86,7 @@ function closeServer (server: http.Server | TlsServer): Promise<void> {
   return new Promise((resolve) => { server.close(() => { resolve() }) })
 }
 
-/** GET /healthz and GET /crl, plain HTTP: a CRL is public and signed, health is for load balancers. */
+/** GET /healthz, /crl and /metrics, plain HTTP: a CRL is public and signed, health and metrics are for load balancers and scrapers. */
 function httpHandler (broker: () => RunningBroker | undefined): http.RequestListener {
   return (req, res) => {
     const b = broker()
@@ -101,6 +109,15 @@ function httpHandler (broker: () => RunningBroker | undefined): http.RequestList
         policiesGeneration: b.policies.current().generation,
       })
       res.writeHead(admitting ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(req.method === 'HEAD' ? undefined : body)
+      return
+    }
+    if (url === '/metrics') {
+      b.metrics.scrape().then(({ contentType, body }) => {
+        res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' }).end(req.method === 'HEAD' ? undefined : body)
+      }, (err: unknown) => {
+        b.logger.error({ event: 'http.metrics.error', reason: oneLine(err) }, 'GET /metrics failed')
+        res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics unavailable\n')
+      })
       return
     }
     if (url === '/crl') {
@@ -145,9 +162,10 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
       logger[state.current ? 'info' : 'warn']({ event: state.current ? 'revocation.current' : 'revocation.stale', ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null }, state.current ? 'admitting connections' : 'refusing new connections until revocations are current')
     })
     const policiesDir = resolvePoliciesDir(config.policies ?? undefined)
+    const metrics = new BrokerMetrics({ revocation: mirror, loadCrl: () => store.loadCrl() })
     const policies = watchPolicies(policiesDir, {
-      onReload: (set) => { logger.info({ event: 'policies.reloaded', generation: set.generation, files: set.files }, 'policies reloaded') },
-      onError: (err) => { logger.error({ event: 'policies.rejected', reason: oneLine(err) }, 'policy change rejected; the last good set stays') },
+      onReload: (set) => { logger.info({ event: 'policies.reloaded', generation: set.generation, files: set.files }, 'policies reloaded'); metrics.record('policies.reloaded', {}) },
+      onError: (err) => { logger.error({ event: 'policies.rejected', reason: oneLine(err) }, 'policy change rejected; the last good set stays'); metrics.record('policies.rejected', {}) },
     })
     cleanups.push(() => { policies.close() })
     logger.info({ event: 'policies.loaded', dir: policiesDir, generation: policies.current().generation, statements: policies.current().statements.length }, 'policies loaded')
@@ -173,6 +191,7 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
       identity: config.identity,
       limits: config.limits,
       logger,
+      metrics,
     })
     cleanups.push(() => { zt.detach() })
     const tlsServer = zt.createServer()
@@ -190,9 +209,34 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
       cleanups.push(() => { s.closeAllConnections(); return closeServer(s) })
     }
 
+    let adminPort: number | null = null
+    if (config.adminPort !== null) {
+      const opened = await openAdminAuthority(config.home, store, options.env ?? process.env)
+      if (opened.authority !== null) {
+        const a = opened.authority
+        cleanups.push(() => a.close())
+      } else {
+        logger.warn({ event: 'admin.ca.unavailable', reason: opened.problem }, 'admin API: the CA keys cannot be opened; issuing and CRL signing answer 503')
+      }
+      const adminServer = createAdminServer({
+        ca: trustFromHome(home),
+        limits: config.limits,
+        store,
+        revocation: mirror,
+        policies,
+        requireIssuedSerial: config.identity.requireIssuedSerial,
+        authority: opened.authority,
+        ...(opened.authority === null ? { authorityProblem: opened.problem } : {}),
+        logger,
+        metrics,
+      })
+      adminPort = await listen(adminServer, config.adminPort, config.host)
+      cleanups.push(() => { adminServer.closeAllConnections(); return closeServer(adminServer) })
+    }
+
     let closing: Promise<void> | undefined
     running = {
-      config, home, aedes, zeroTrust: zt, mirror, store, policies, logger, port, httpPort,
+      config, home, aedes, zeroTrust: zt, mirror, store, policies, logger, port, httpPort, adminPort, metrics,
       admitting: () => mirror.state().current,
       close () {
         closing ??= (async () => {
@@ -204,7 +248,7 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
         return closing
       },
     }
-    logger.info({ event: 'broker.started', port, httpPort, home: home.paths.home, trustDomain: home.config.trustDomain, store: store.backend }, `MQTT over mutual TLS on port ${port}`)
+    logger.info({ event: 'broker.started', port, httpPort, adminPort, home: home.paths.home, trustDomain: home.config.trustDomain, store: store.backend }, `MQTT over mutual TLS on port ${port}`)
     return running
   } catch (err) {
     await unwind()

@@ -75,8 +75,10 @@ export async function runBroker (ctx: CommandContext, options: RunBrokerOptions 
   const overrides: ConfigInput = {}
   const port = intOption(v.port, 'port')
   const httpPort = intOption(v['http-port'], 'http-port')
+  const adminPort = intOption(v['admin-port'], 'admin-port')
   if (port !== undefined) overrides.port = port
   if (httpPort !== undefined) overrides.httpPort = httpPort
+  if (adminPort !== undefined) overrides.adminPort = adminPort
   if (typeof v.host === 'string') overrides.host = v.host
   if (typeof v.policies === 'string') overrides.policies = v.policies
   if (!ctx.homeIsDefault) overrides.home = ctx.home
@@ -96,9 +98,9 @@ export async function runBroker (ctx: CommandContext, options: RunBrokerOptions 
     }
   }
 
-  const broker = await startBroker(config, options)
+  const broker = await startBroker(config, { env: ctx.env, ...options })
   const home = broker.home.paths.home
-  const out = [...notes, `MQTT over mutual TLS on port ${broker.port}${broker.httpPort === null ? '' : `, HTTP (/healthz, /crl) on port ${broker.httpPort}`}.`]
+  const out = [...notes, `MQTT over mutual TLS on port ${broker.port}${broker.httpPort === null ? '' : `, HTTP (/healthz, /crl, /metrics) on port ${broker.httpPort}`}${broker.adminPort === null ? '' : `, admin API (operator certificates) on port ${broker.adminPort}`}.`]
   if (v.dev === true) out.push(...tryItLines(home, broker.port))
   ctx.stdout.write(out.join('\n') + '\n')
   options.onStarted?.(broker)
@@ -115,12 +117,13 @@ export async function runBroker (ctx: CommandContext, options: RunBrokerOptions 
 export const commands: Command[] = [
   {
     path: ['broker'],
-    usage: 'broker [--config FILE] [--port 8883] [--host HOST] [--http-port 8080] [--policies DIR] [--redis URL] [--dev]',
+    usage: 'broker [--config FILE] [--port 8883] [--host HOST] [--http-port 8080] [--admin-port PORT] [--policies DIR] [--redis URL] [--dev]',
     options: {
       config: { type: 'string' },
       port: { type: 'string' },
       host: { type: 'string' },
       'http-port': { type: 'string' },
+      'admin-port': { type: 'string' },
       policies: { type: 'string' },
       dev: { type: 'boolean' },
     },
