@@ -131,7 +131,8 @@ export type RevocationReason = keyof typeof REVOCATION_REASONS
 
 export function checkReason (reason: string, operation: string): RevocationReason {
   // removeFromCRL only makes sense for delta CRLs and certificateHold is not final; we revoke for good.
-  if (!(reason in REVOCATION_REASONS) || reason === 'removeFromCRL' || reason === 'certificateHold') {
+  // Object.hasOwn: `in` would also accept inherited names such as "constructor" or "toString".
+  if (!Object.hasOwn(REVOCATION_REASONS, reason) || reason === 'removeFromCRL' || reason === 'certificateHold') {
     const names = Object.keys(REVOCATION_REASONS).filter((r) => r !== 'removeFromCRL' && r !== 'certificateHold')
     throw new ZtError('ZT_BAD_REASON', `${operation}: reason ${JSON.stringify(reason)} is not one of ${names.join(', ')}`, { reason })
   }
