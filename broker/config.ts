@@ -32,6 +32,15 @@ export interface BrokerConfig {
     /** Refuse new connections when the revocation mirror cannot confirm it is current for this long. @default 30000 */
     maxStalenessMs: number
   }
+  cluster: {
+    /**
+     * With redisUrl: how often this node tells the others it is alive. A node silent for 3 heartbeats is taken for
+     * dead, and a survivor publishes the Last Wills of its clients (after the policy check, never for a revoked
+     * owner) within 4 more; a Redis outage longer than 3 heartbeats makes the others take this node for dead too.
+     * @default 60000
+     */
+    heartbeatMs: number
+  }
   limits: BrokerLimits
   /** pino level. @default $LOG_LEVEL, else "info" */
   logLevel: string
@@ -50,6 +59,7 @@ export function defaultConfig (): BrokerConfig {
     policies: null,
     identity: { requireIssuedSerial: true, clientIdSuffix: false },
     revocation: { maxStalenessMs: 30_000 },
+    cluster: { heartbeatMs: 60_000 },
     limits: { ...DEFAULT_LIMITS },
     logLevel: 'info',
   }
@@ -84,6 +94,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
   policies: nullableString,
   identity: { requireIssuedSerial: bool, clientIdSuffix: bool },
   revocation: { maxStalenessMs: positive(100, 86_400_000) },
+  cluster: { heartbeatMs: positive(100, 3_600_000) },
   limits: {
     handshakeTimeoutMs: positive(100, 600_000),
     connectTimeoutMs: positive(100, 600_000),

@@ -14,6 +14,7 @@ import { IdentityReader, trustAnchor, type Identity } from './identity.js'
 import { DEFAULT_LIMITS, type BrokerLimits } from './limits.js'
 import type { MetricsRecorder } from './metrics.js'
 import { hardenTlsSocket, tlsServerOptions, type TrustMaterial } from './tls.js'
+import { clearRetainedOf, tagPublisher, type RetainedStore } from './retained.js'
 import { checkTopicFilter, checkTopicName } from './topics.js'
 
 export interface ZeroTrustOptions {
@@ -138,7 +139,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     connectTimeout: number
     maxClientsIdLength: number
     maxTopicLevels: number
-    persistence: { delWill (client: { id: string, brokerId: string }): Promise<unknown> }
+    persistence: RetainedStore & { delWill (client: { id: string, brokerId: string }): Promise<unknown> }
   }
   broker.connectTimeout = limits.connectTimeoutMs
   // Aedes only lets 3.1 clients use long ids, but 3.1 devices must still fit an id (64) plus ':' and a suffix (64).
@@ -310,6 +311,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       drop(packet, callback)
       return
     }
+    // Tagged so that a keyCompromise revocation can find what this certificate left retained.
+    if (packet.retain === true) tagPublisher(packet, st.identity.serial, st.clientId)
     callback(null)
   }
 
@@ -331,6 +334,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       if (checkTopicName(will.topic, topicLimits) !== null) { deny('will-topic-invalid', record.id); return }
       const d = compile({ id: record.id, kind: record.kind, groups: record.groups, serial }).publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
       if (d.effect !== 'allow') { deny(d.reason, record.id); return }
+      if (will.retain === true) tagPublisher(will, serial, owner)
       callback(null)
     }, () => { deny('store-unavailable') })
   }
@@ -409,6 +413,15 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   const onRevoked = (rev: { serial: string, id: string, reason: string }, latencyMs: number): void => {
     const closed = cutOff(rev.serial)
     audit('warn', 'revocation.enforced', { id: rev.id, serial: rev.serial, reason: rev.reason, sessions: closed, latencyMs: Math.round(latencyMs * 1000) / 1000 })
+    // Nothing a compromised key said can be trusted. Every node does this: with a shared persistence the second pass
+    // finds nothing (idempotent), and no node has to be elected; the serial tag spares a newer certificate's messages.
+    if (rev.reason === 'keyCompromise' && broker.persistence !== undefined) {
+      clearRetainedOf(broker.persistence, rev.serial).then((messages) => {
+        audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages })
+      }, (err: unknown) => {
+        audit('warn', 'retained.clear_failed', { id: rev.id, serial: rev.serial, reason: rev.reason, detail: (err as Error).message ?? String(err) })
+      })
+    }
   }
   revocation?.on('revoked', onRevoked)
 

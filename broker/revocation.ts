@@ -86,7 +86,7 @@ export class RevocationMirror extends EventEmitter {
     try {
       loaded = await this.#store.loadRevocations()
     } catch (err) {
-      this.#logger?.error({ event: 'revocation_load_failed', backend: this.#store.backend, err: oneLine(err) }, 'revocation mirror: cannot load revocations; admitting no one')
+      this.#logger?.error({ event: 'revocation.load_failed', backend: this.#store.backend, err: oneLine(err) }, 'revocation mirror: cannot load revocations; admitting no one')
       throw err
     }
     if (this.#closed) return
@@ -95,7 +95,7 @@ export class RevocationMirror extends EventEmitter {
     this.#confirmedAt = issuedAt
     this.#started = true
     this.#setConnected(true)
-    this.#logger?.info({ event: 'revocation_loaded', backend: this.#store.backend, size: this.#revoked.size, ms: Math.round(performance.now() - issuedAt) }, 'revocation mirror: loaded')
+    this.#logger?.info({ event: 'revocation.loaded', backend: this.#store.backend, size: this.#revoked.size, ms: Math.round(performance.now() - issuedAt) }, 'revocation mirror: loaded')
     // The feed loop notices staleness only when a read returns; a hung read must still flip `current` on time.
     const tick = Math.max(10, Math.min(250, Math.floor(this.#maxStalenessMs / 4)))
     this.#ticker = setInterval(() => { this.#checkCurrent() }, tick)
@@ -139,7 +139,7 @@ export class RevocationMirror extends EventEmitter {
         entries = await this.#store.readFeed(this.#cursor, { blockMs: this.#blockMs, count: FEED_COUNT })
       } catch (err) {
         if (this.#closed) return
-        if (this.#connected) this.#logger?.warn({ event: 'revocation_feed_lost', backend: this.#store.backend, err: oneLine(err) }, 'revocation mirror: cannot read the feed; keeping the mirror and retrying')
+        if (this.#connected) this.#logger?.warn({ event: 'revocation.feed_lost', backend: this.#store.backend, err: oneLine(err) }, 'revocation mirror: cannot read the feed; keeping the mirror and retrying')
         this.#setConnected(false)
         await this.#sleep(backoff)
         backoff = Math.min(backoff * 2, RETRY_MAX_MS)
@@ -152,7 +152,7 @@ export class RevocationMirror extends EventEmitter {
         this.#apply(entry.revocation)
       }
       if (entries.length < FEED_COUNT) this.#confirmedAt = issuedAt
-      if (!this.#connected) this.#logger?.info({ event: 'revocation_feed_restored', backend: this.#store.backend, caughtUp: entries.length }, 'revocation mirror: following the feed again')
+      if (!this.#connected) this.#logger?.info({ event: 'revocation.feed_restored', backend: this.#store.backend, caughtUp: entries.length }, 'revocation mirror: following the feed again')
       this.#setConnected(true)
       this.#checkCurrent()
     }
@@ -167,7 +167,7 @@ export class RevocationMirror extends EventEmitter {
       this.emit('revoked', revocation, latencyMs)
     } catch (err) {
       // A failing listener must not stop the mirror from following (nor be mistaken for a store failure).
-      this.#logger?.error({ event: 'revocation_listener_failed', serial: revocation.serial, err: oneLine(err) }, 'revocation mirror: a revoked listener threw')
+      this.#logger?.error({ event: 'revocation.listener_failed', serial: revocation.serial, err: oneLine(err) }, 'revocation mirror: a revoked listener threw')
     }
   }
 
@@ -182,8 +182,8 @@ export class RevocationMirror extends EventEmitter {
     const current = this.state().current
     if (current === this.#lastCurrent) return
     this.#lastCurrent = current
-    if (!current) this.#logger?.warn({ event: 'revocation_stale', backend: this.#store.backend, maxStalenessMs: this.#maxStalenessMs }, 'revocation mirror: cannot confirm it is current; refusing new connections')
-    else this.#logger?.info({ event: 'revocation_current', backend: this.#store.backend }, 'revocation mirror: current')
+    if (!current) this.#logger?.warn({ event: 'revocation.stale', backend: this.#store.backend, maxStalenessMs: this.#maxStalenessMs }, 'revocation mirror: cannot confirm it is current; refusing new connections')
+    else this.#logger?.info({ event: 'revocation.current', backend: this.#store.backend }, 'revocation mirror: current')
     this.#emitState()
   }
 
@@ -193,7 +193,7 @@ export class RevocationMirror extends EventEmitter {
     try {
       this.emit('state', s)
     } catch (err) {
-      this.#logger?.error({ event: 'revocation_listener_failed', err: oneLine(err) }, 'revocation mirror: a state listener threw')
+      this.#logger?.error({ event: 'revocation.listener_failed', err: oneLine(err) }, 'revocation mirror: a state listener threw')
     }
   }
 

@@ -5,16 +5,20 @@ import type { Server as TlsServer } from 'node:tls'
 import { Aedes, type AedesOptions } from 'aedes'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { loadHome, type LoadedHome } from '../ca/index.js'
-import { oneLine } from '../common/errors.js'
+import { isZtError, oneLine } from '../common/errors.js'
 import { resolvePoliciesDir, watchPolicies, type PolicyWatcher } from '../policies/index.js'
 import type { CertStore } from '../store/types.js'
 import { openStore } from '../ca/index.js'
+import { openRedisStore } from '../store/redis.js'
 import type { BrokerConfig } from './config.js'
 import { RevocationMirror, type MirrorState } from './revocation.js'
 import { zeroTrust, type ZeroTrust } from './plugin.js'
 import { trustFromHome } from './tls.js'
 import { BrokerMetrics } from './metrics.js'
 import { createAdminServer, openAdminAuthority } from './admin.js'
+import { redisBackends } from './cluster.js'
+import { CrlService } from './crl.js'
+import type { RevocationView } from './decide.js'
 
 /** Paths pino must never print, whatever a caller logs by mistake. */
 export const REDACT_PATHS = [
@@ -28,12 +32,14 @@ export function createLogger (level: string, destination?: DestinationStream): L
 }
 
 /**
- * Where Aedes keeps sessions and routes messages. In memory by default; the Redis cluster wiring
- * (aedes-persistence-redis + mqemitter-redis) plugs in here.
+ * Where Aedes keeps sessions and routes messages. In memory without Redis; with redisUrl, the cluster wiring of
+ * broker/cluster.ts (aedes-persistence-redis + mqemitter-redis).
  */
 export interface AedesBackends {
   persistence?: unknown
   mq?: unknown
+  /** While this answers false the node admits no one (shared sessions not loaded yet). @default always ready */
+  ready?: () => boolean
   close?: () => Promise<void>
 }
 
@@ -41,9 +47,9 @@ export interface StartOptions {
   /** pino destination for the log (tests capture it); default stdout. */
   logStream?: DestinationStream
   logger?: Logger
-  /** Builds the Aedes persistence and emitter; default in-memory. */
+  /** Builds the Aedes persistence and emitter; default: Redis (broker/cluster.ts) with redisUrl, else in memory. */
   backends?: (config: Readonly<BrokerConfig>) => Promise<AedesBackends>
-  /** Where the admin API reads AEDES_ZT_CA_PASSPHRASE (a dev home uses its own file). @default process.env */
+  /** Where CRL signing and the admin API read AEDES_ZT_CA_PASSPHRASE (a dev home uses its own file). @default process.env */
   env?: NodeJS.ProcessEnv
 }
 
@@ -64,8 +70,12 @@ export interface RunningBroker {
   readonly adminPort: number | null
   /** This broker's Prometheus metrics (also served at GET /metrics). */
   readonly metrics: BrokerMetrics
-  /** Whether new connections are admitted now (the revocation mirror is current). */
+  /** The CRL this node serves at GET /crl, and re-signs when it holds the CA key. */
+  readonly crl: CrlService
+  /** Whether new connections are admitted now (the revocation mirror is current and shared sessions are loaded). */
   admitting (): boolean
+  /** Whether Aedes' sessions are loaded (always true in memory; with Redis, once they were read from it). */
+  sessionsReady (): boolean
   close (): Promise<void>
 }
 
@@ -106,6 +116,7 @@ function httpHandler (broker: () => RunningBroker | undefined): http.RequestList
         status: admitting ? 'ok' : 'refusing',
         connections: b.zeroTrust.connections,
         revocation: { ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null },
+        sessionsReady: b.sessionsReady(),
         policiesGeneration: b.policies.current().generation,
       })
       res.writeHead(admitting ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(req.method === 'HEAD' ? undefined : body)
@@ -121,13 +132,13 @@ function httpHandler (broker: () => RunningBroker | undefined): http.RequestList
       return
     }
     if (url === '/crl') {
-      b.store.loadCrl().then((crl) => {
-        if (crl === null) {
+      b.crl.current().then((der) => {
+        if (der === null) {
           res.writeHead(404, { 'content-type': 'text/plain' }).end('no CRL has been made yet; run aedes-zt crl\n')
           return
         }
-        res.writeHead(200, { 'content-type': 'application/pkix-crl', 'content-length': String(crl.der.length), 'cache-control': 'no-cache' })
-        res.end(req.method === 'HEAD' ? undefined : Buffer.from(crl.der))
+        res.writeHead(200, { 'content-type': 'application/pkix-crl', 'content-length': String(der.length), 'cache-control': 'no-cache' })
+        res.end(req.method === 'HEAD' ? undefined : Buffer.from(der.buffer, der.byteOffset, der.byteLength))
       }, (err: unknown) => {
         b.logger.error({ event: 'http.crl.error', reason: oneLine(err) }, 'GET /crl failed')
         res.writeHead(503, { 'content-type': 'text/plain' }).end('certificate store unavailable\n')
@@ -139,8 +150,36 @@ function httpHandler (broker: () => RunningBroker | undefined): http.RequestList
 }
 
 /**
+ * The mirror as the plugin sees it, with one more condition for admitting: the shared sessions are loaded. A node
+ * that admitted before aedes-persistence-redis had read every persistent subscription would miss messages for them.
+ */
+function gatedView (mirror: RevocationMirror, ready: () => boolean): RevocationView {
+  return {
+    isRevoked: (serial) => mirror.isRevoked(serial),
+    state: () => ({ current: mirror.state().current && ready() }),
+    on: (event, listener) => mirror.on(event, listener),
+    off: (event, listener) => mirror.off(event, listener),
+  }
+}
+
+const MIRROR_RETRY_MAX_MS = 2_000
+
+/** Waits for Redis the usual short while (so a healthy start loads at once), then settles for connecting later. */
+async function openRedisStoreAnyway (url: string, logger: Logger): Promise<CertStore> {
+  try {
+    return await openRedisStore({ url, logger })
+  } catch (err) {
+    if (!isZtError(err) || err.code !== 'ZT_STORE_UNAVAILABLE') throw err
+    logger.warn({ event: 'store.unavailable', backend: 'redis', reason: oneLine(err) }, 'Redis is not answering; starting anyway and admitting no one until it does')
+    return await openRedisStore({ url, logger, waitForConnection: false })
+  }
+}
+
+/**
  * Starts a broker from a resolved config (broker/config.ts resolveConfig). Rejects with a ZtError when the home,
- * store, revocation mirror or policies cannot be loaded, and with the listen error when a port is taken.
+ * the file store, the revocation mirror on files or the policies cannot be loaded, and with the listen error when a
+ * port is taken. With Redis the node starts even while Redis is down: it admits no one (CONNACK 3, /healthz 503)
+ * and keeps retrying until it has loaded the revocations and the shared sessions.
  */
 export async function startBroker (config: Readonly<BrokerConfig>, options: StartOptions = {}): Promise<RunningBroker> {
   const logger = options.logger ?? createLogger(config.logLevel, options.logStream)
@@ -153,14 +192,33 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
   }
   try {
     const home = await loadHome(config.home)
-    const store = await openStore(home, config.redisUrl === null ? {} : { redisUrl: config.redisUrl })
+    const redisUrl = config.redisUrl
+    const store: CertStore = redisUrl === null ? await openStore(home) : await openRedisStoreAnyway(redisUrl, logger)
     cleanups.push(() => store.close())
-    const mirror = new RevocationMirror(store, { maxStalenessMs: config.revocation.maxStalenessMs, logger })
+    // Currency is confirmed once per feed read, and a read waits up to blockMs: staleness peaks near twice that, so a
+    // blockMs close to a short bound would make a healthy node flap between admitting and refusing.
+    const blockMs = Math.max(25, Math.min(1_000, Math.floor(config.revocation.maxStalenessMs / 4)))
+    const mirror = new RevocationMirror(store, { maxStalenessMs: config.revocation.maxStalenessMs, blockMs, logger })
     cleanups.push(() => mirror.close())
-    await mirror.start()
     mirror.on('state', (state: MirrorState) => {
       logger[state.current ? 'info' : 'warn']({ event: state.current ? 'revocation.current' : 'revocation.stale', ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null }, state.current ? 'admitting connections' : 'refusing new connections until revocations are current')
     })
+    if (redisUrl === null) {
+      await mirror.start()
+    } else {
+      // Redis may be down right now: a node that cannot load admits no one (the mirror is not current) but stays up,
+      // answering CONNACK 3 and /healthz 503, so it joins by itself when Redis returns.
+      let stopped = false
+      let retry: NodeJS.Timeout | undefined
+      const attempt = (delay: number): void => {
+        mirror.start().catch(() => {
+          if (stopped) return
+          retry = setTimeout(() => { attempt(Math.min(delay * 2, MIRROR_RETRY_MAX_MS)) }, delay)
+        })
+      }
+      attempt(100)
+      cleanups.push(() => { stopped = true; clearTimeout(retry) })
+    }
     const policiesDir = resolvePoliciesDir(config.policies ?? undefined)
     const metrics = new BrokerMetrics({ revocation: mirror, loadCrl: () => store.loadCrl() })
     const policies = watchPolicies(policiesDir, {
@@ -170,12 +228,14 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
     cleanups.push(() => { policies.close() })
     logger.info({ event: 'policies.loaded', dir: policiesDir, generation: policies.current().generation, statements: policies.current().statements.length }, 'policies loaded')
 
-    const backends = options.backends === undefined ? {} : await options.backends(config)
+    const backends: AedesBackends = options.backends !== undefined
+      ? await options.backends(config)
+      : redisUrl !== null ? redisBackends({ url: redisUrl, logger }) : {}
     if (backends.close !== undefined) cleanups.push(backends.close)
-    if (config.redisUrl !== null && backends.persistence === undefined) {
-      logger.warn({ event: 'sessions.local' }, 'sessions and retained messages are kept in memory on this node; revocations still follow Redis')
-    }
-    const aedesOptions: AedesOptions = {}
+    const sessionsReady = backends.ready ?? (() => true)
+    const admission: RevocationView = backends.ready === undefined ? mirror : gatedView(mirror, sessionsReady)
+    // A node silent this long is taken for dead by the others, which then publish its clients' wills.
+    const aedesOptions: AedesOptions = { heartbeatInterval: config.cluster.heartbeatMs }
     if (backends.persistence !== undefined) aedesOptions.persistence = backends.persistence
     if (backends.mq !== undefined) aedesOptions.mq = backends.mq
     const aedes = await Aedes.createBroker(aedesOptions)
@@ -186,7 +246,7 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
     const zt = zeroTrust(aedes, {
       ca: trustFromHome(home),
       store,
-      revocation: mirror,
+      revocation: admission,
       policies,
       identity: config.identity,
       limits: config.limits,
@@ -209,13 +269,20 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
       cleanups.push(() => { s.closeAllConnections(); return closeServer(s) })
     }
 
+    // The CA key is optional on a broker: a node that can open it re-signs the CRL after revocations and for the admin
+    // API; the others only serve what the store holds.
+    const opened = await openAdminAuthority(config.home, store, options.env ?? process.env)
+    if (opened.authority !== null) {
+      const a = opened.authority
+      cleanups.push(() => a.close())
+    }
+    const crl = new CrlService({ store, issuingPem: home.issuingPem, authority: opened.authority, revocation: mirror, logger })
+    crl.start()
+    cleanups.push(() => crl.close())
+
     let adminPort: number | null = null
     if (config.adminPort !== null) {
-      const opened = await openAdminAuthority(config.home, store, options.env ?? process.env)
-      if (opened.authority !== null) {
-        const a = opened.authority
-        cleanups.push(() => a.close())
-      } else {
+      if (opened.authority === null) {
         logger.warn({ event: 'admin.ca.unavailable', reason: opened.problem }, 'admin API: the CA keys cannot be opened; issuing and CRL signing answer 503')
       }
       const adminServer = createAdminServer({
@@ -236,8 +303,9 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
 
     let closing: Promise<void> | undefined
     running = {
-      config, home, aedes, zeroTrust: zt, mirror, store, policies, logger, port, httpPort, adminPort, metrics,
-      admitting: () => mirror.state().current,
+      config, home, aedes, zeroTrust: zt, mirror, store, policies, logger, port, httpPort, adminPort, metrics, crl,
+      admitting: () => admission.state().current,
+      sessionsReady,
       close () {
         closing ??= (async () => {
           logger.info({ event: 'broker.stopping' }, 'shutting down')
@@ -248,7 +316,7 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
         return closing
       },
     }
-    logger.info({ event: 'broker.started', port, httpPort, adminPort, home: home.paths.home, trustDomain: home.config.trustDomain, store: store.backend }, `MQTT over mutual TLS on port ${port}`)
+    logger.info({ event: 'broker.started', port, httpPort, adminPort, home: home.paths.home, trustDomain: home.config.trustDomain, store: store.backend, sessions: backends.persistence === undefined ? 'memory' : 'shared', crlSigner: crl.signing }, `MQTT over mutual TLS on port ${port}`)
     return running
   } catch (err) {
     await unwind()

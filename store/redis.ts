@@ -191,11 +191,11 @@ export class RedisCertStore implements CertStore {
   #watch (client: Redis, role: string): void {
     let down = false
     client.on('error', (err: Error) => {
-      if (!down && !this.#closed) this.#logger?.warn({ event: 'store_unavailable', backend: 'redis', role, url: this.#url, err: oneLine(err) }, 'redis store: connection lost')
+      if (!down && !this.#closed) this.#logger?.warn({ event: 'store.unavailable', backend: 'redis', role, url: this.#url, err: oneLine(err) }, 'redis store: connection lost')
       down = true
     })
     client.on('ready', () => {
-      if (down) this.#logger?.info({ event: 'store_reconnected', backend: 'redis', role, url: this.#url }, 'redis store: connection restored')
+      if (down) this.#logger?.info({ event: 'store.reconnected', backend: 'redis', role, url: this.#url }, 'redis store: connection restored')
       down = false
     })
   }
