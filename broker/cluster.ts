@@ -86,6 +86,12 @@ export function redisBackends (options: ClusterBackendsOptions): ClusterBackends
     })
   }
 
+  // mqemitter-redis closes with quit() and never handles its promise: during an outage it rejects ("Connection is
+  // closed") and an unhandled rejection would kill the process on shutdown.
+  for (const link of [subConn, pubConn]) {
+    const quit = link.quit.bind(link)
+    link.quit = ((...args: Parameters<typeof quit>) => quit(...args).catch(() => 'OK')) as typeof link.quit
+  }
   const mq = mqemitterRedis({ subConn, pubConn })
   // Its state emitter re-emits connection errors as 'error': without a listener that would kill the process.
   mq.state.on('error', () => {})

@@ -374,6 +374,27 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     callback(null, granted < sub.qos ? { ...sub, qos: granted } : sub)
   }
 
+  // Aedes 1.x stores a persistent session's whole SUBSCRIBE packet once any filter in it is granted, refused ones
+  // included: the session would then queue messages for them while offline (a device asking for `#` next to its own
+  // filter would collect the fleet's QoS 1 traffic). Only what this connection is granted goes in, at the granted QoS.
+  const sessions = broker.persistence as unknown as { addSubscriptions?: (client: Client, subs: Subscription[]) => Promise<unknown> } | undefined
+  const addSubscriptions = sessions?.addSubscriptions
+  if (sessions !== undefined && typeof addSubscriptions === 'function') {
+    sessions.addSubscriptions = function keepGranted (this: unknown, client: Client, subs: Subscription[]) {
+      const st = states.get(client)
+      if (st === undefined) return addSubscriptions.call(this, client, subs) // not a connection of ours (tools, tests)
+      const kept: Subscription[] = []
+      for (const sub of subs) {
+        if (checkTopicFilter(sub.topic, topicLimits) !== null || revocation === undefined || revocation.isRevoked(st.identity.serial)) continue
+        const d = st.authorizer.subscribe(sub.topic, { qos: (sub.qos ?? 0) as Qos })
+        if (d.effect !== 'allow') continue
+        const granted = d.grantedQos ?? sub.qos
+        kept.push(granted < sub.qos ? { ...sub, qos: granted } : sub)
+      }
+      return kept.length === 0 ? Promise.resolve(client) : addSubscriptions.call(this, client, kept)
+    }
+  }
+
   // ---- RECEIVE: every delivery (live, retained, queued offline, from other nodes); synchronous ---------------------
   aedes.authorizeForward = function authorizeForward (client, packet: AedesPublishPacket) {
     const st = states.get(client)
