@@ -58,7 +58,7 @@ if (args.help) {
     'usage: npm run bench -- [--quick] [--only issuance,connect,publish,idle,revocation,policy] [--runs N] [--rate MSG_PER_S] [--redis URL] [--keep] [--profile]',
     '       node bench/run.js --render bench/results/FILE.json     # re-render latest.md/latest.svg from a results file',
     '  --profile  run our broker under node --cpu-prof; profiles go to bench/results/profiles/ (open in Chrome DevTools)',
-    '  --docs     also put the tables into docs/bench.md (between its bench:results markers)',
+    '  --docs     also put the tables into README.md (between its bench:results markers)',
   ].join('\n'))
   process.exit(0)
 }
@@ -102,17 +102,17 @@ function render (results) {
   }
 }
 
-const DOCS = path.join(root, 'docs/bench.md')
+const DOCS = path.join(root, 'README.md')
 const START = '<!-- bench:results:start (written by `node bench/run.js --render bench/results/latest.json --docs`) -->'
 const END = '<!-- bench:results:end -->'
 
-/** Replaces the results section of docs/bench.md (between the markers) with this run's tables. */
+/** Replaces the results section of README.md (between the markers) with this run's tables. */
 function updateDocs (md) {
   const text = fs.readFileSync(DOCS, 'utf8')
   const a = text.indexOf(START)
   const b = text.indexOf(END)
   if (a < 0 || b < a) throw new Error(`${DOCS} has no results markers`)
-  const body = md.replace('](latest.svg)', '](../bench/results/latest.svg)').replace(/^## /m, '### ').replace(/^### (?!Benchmark results)/gm, '#### ')
+  const body = md.replace('](latest.svg)', '](bench/results/latest.svg)').replace(/^## /m, '#### ').replace(/^### (?!Benchmark results)/gm, '##### ')
   fs.writeFileSync(DOCS, `${text.slice(0, a + START.length)}\n\n${body.trim()}\n\n${text.slice(b)}`)
 }
 

@@ -336,7 +336,7 @@ describe('configuration', () => {
   })
 
   test('every error code the admin API answers with is documented with its HTTP status', async () => {
-    const doc = await readFile(fileURLToPath(new URL('../docs/integrations.md', import.meta.url)), 'utf8')
+    const doc = await readFile(fileURLToPath(new URL('../README.md', import.meta.url)), 'utf8')
     const missing = Object.keys(ADMIN_ERROR_STATUS).filter((code) => !doc.includes(`| \`${code}\` | ${httpStatusOf(code as ErrorCode)} |`))
     expect(missing).toEqual([])
   })
