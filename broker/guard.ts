@@ -95,9 +95,9 @@ export function installGuard (parser: unknown, limits: GuardLimits, state: Guard
     const start = this._pos
     const value = parseString.call(this, maybeBuffer)
     if (value === null) return value
-    // The parser decodes with replacement characters; the raw bytes are the only way to see ill-formed UTF-8 [MQTT-1.5.3-1].
-    const raw = this._list.slice(start + 2, this._pos)
-    if (!isUtf8(raw)) {
+    // The parser decodes ill-formed UTF-8 [MQTT-1.5.3-1] (overlong forms and surrogates included) to U+FFFD, so a string
+    // without one was well-formed; only one with it needs its raw bytes checked, as U+FFFD can also be sent as such.
+    if (value.includes('\uFFFD') && !isUtf8(this._list.slice(start + 2, this._pos))) {
       fail(this, new GuardError('invalid-utf8', `${this.packet.cmd ?? 'packet'} carries a string that is not valid UTF-8`))
       return null
     }

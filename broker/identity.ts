@@ -1,8 +1,9 @@
 // Who a connection is: the identity read from its client certificate's DER, or the short reason it is refused.
 import 'reflect-metadata'
-import { createHash, X509Certificate as NodeX509 } from 'node:crypto'
+import { createHash, verify as verifySignature, X509Certificate as NodeX509, type KeyObject } from 'node:crypto'
 import * as x509 from '@peculiar/x509'
 import { canonicalSerial, isValidId, MQTT_KINDS, parseSpiffeUri, type Kind } from '../common/ids.js'
+import { describeName, readLeaf, type LeafFields, type LeafKey } from './leaf-der.js'
 
 /** A certificate-backed identity allowed to speak MQTT. */
 export interface Identity {
@@ -46,21 +47,27 @@ export type IdentityResult =
 /** What a certificate is checked against: our issuing CA and trust domain. */
 export interface TrustAnchor {
   trustDomain: string
-  /** Exact DER of the issuing CA's subject name, as re-encoded by @peculiar/x509 (compared against leaf issuers encoded the same way). */
+  /** Exact DER of the issuing CA's subject name: our CA copies it byte for byte into every leaf's issuer. */
   issuerName: Uint8Array
   /** Subject key identifier of the issuing CA, lower-case hex. */
   issuerKeyId: string
   issuer: NodeX509
+  /** The issuing CA's public key, made once: `X509Certificate.publicKey` builds a new KeyObject on every read. */
+  issuerKey: KeyObject
 }
 
-const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
+/** Leaf signature algorithms our CA uses (ca/leaf.ts): ECDSA or RSA PKCS#1 v1.5, digest by OID. */
+const SIGNATURE_HASHES: Record<string, string> = {
+  '1.2.840.10045.4.3.2': 'sha256',
+  '1.2.840.10045.4.3.3': 'sha384',
+  '1.2.840.10045.4.3.4': 'sha512',
+  '1.2.840.113549.1.1.11': 'sha256',
+  '1.2.840.113549.1.1.12': 'sha384',
+  '1.2.840.113549.1.1.13': 'sha512',
+}
 
 function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0
-}
-
-function hex (buf: ArrayBuffer | Uint8Array): string {
-  return Buffer.from(buf instanceof Uint8Array ? buf : new Uint8Array(buf)).toString('hex')
 }
 
 /** Builds the trust anchor from the issuing CA certificate (PEM or DER) and our trust domain. */
@@ -70,11 +77,19 @@ export function trustAnchor (issuingCa: string | Uint8Array, trustDomain: string
   if (ski === null) throw new Error(`broker trust anchor: issuing CA "${ca.subject}" has no subject key identifier`)
   const bc = ca.getExtension(x509.BasicConstraintsExtension)
   if (bc === null || !bc.ca) throw new Error(`broker trust anchor: "${ca.subject}" is not a CA certificate`)
+  const issuer = new NodeX509(Buffer.from(ca.rawData))
+  let issuerName: Uint8Array
+  try {
+    issuerName = readLeaf(new Uint8Array(ca.rawData)).subject
+  } catch (err) {
+    throw new Error(`broker trust anchor: issuing CA "${ca.subject}" cannot be read: ${(err as Error).message}`)
+  }
   return {
     trustDomain,
-    issuerName: new Uint8Array(ca.subjectName.toArrayBuffer()),
+    issuerName,
     issuerKeyId: ski.keyId.toLowerCase(),
-    issuer: new NodeX509(Buffer.from(ca.rawData)),
+    issuer,
+    issuerKey: issuer.publicKey,
   }
 }
 
@@ -82,19 +97,31 @@ function refuse (reason: IdentityRefusal, detail: string): IdentityResult {
   return { ok: false, reason, detail }
 }
 
-function checkKey (cert: NodeX509): string | null {
-  const key = cert.publicKey
-  const details = key.asymmetricKeyDetails ?? {}
-  switch (key.asymmetricKeyType) {
+function checkKey (key: LeafKey): string | null {
+  switch (key.type) {
     case 'ec':
       // OpenSSL's names for P-256 and P-384; every other curve is outside what the CA issues.
-      if (details.namedCurve === 'prime256v1' || details.namedCurve === 'secp384r1') return null
-      return `EC curve ${details.namedCurve ?? 'unknown'} (P-256 or P-384 required)`
+      if (key.curve === 'prime256v1' || key.curve === 'secp384r1') return null
+      return `EC curve ${key.curve ?? 'unknown'} (P-256 or P-384 required)`
     case 'rsa':
-      if ((details.modulusLength ?? 0) >= 2048) return null
-      return `RSA-${details.modulusLength ?? 0} (at least 2048 bits required)`
+      if (key.modulusBits >= 2048) return null
+      return `RSA-${key.modulusBits} (at least 2048 bits required)`
     default:
-      return `key type ${key.asymmetricKeyType ?? 'unknown'} (EC P-256/P-384 or RSA >= 2048 required)`
+      return `key type ${key.name} (EC P-256/P-384 or RSA >= 2048 required)`
+  }
+}
+
+/** Whether our issuing CA signed exactly these TBS bytes with an algorithm it uses. */
+function signedByAnchor (leaf: LeafFields, anchor: TrustAnchor): boolean {
+  // The algorithm outside the signature is not covered by it: it must repeat the signed one (as OpenSSL requires).
+  if (!bytesEqual(leaf.signatureAlgorithm, leaf.tbsSignatureAlgorithm)) return false
+  const hash = SIGNATURE_HASHES[leaf.signatureOid]
+  if (hash === undefined) return false
+  try {
+    return verifySignature(hash, leaf.tbs, anchor.issuerKey, leaf.signature)
+  } catch {
+    // A key/algorithm mismatch or a garbled signature: not ours either way.
+    return false
   }
 }
 
@@ -106,50 +133,44 @@ function checkKey (cert: NodeX509): string | null {
  */
 export function readIdentity (der: Uint8Array, anchor: TrustAnchor, kinds: readonly Kind[] = MQTT_KINDS): IdentityResult {
   if (der.length === 0) return refuse('no-certificate', 'the client presented no certificate')
-  const fingerprint = createHash('sha256').update(der).digest('hex')
-  let cert: x509.X509Certificate
-  let nodeCert: NodeX509
+  return readFingerprinted(der, createHash('sha256').update(der).digest('hex'), anchor, kinds)
+}
+
+function readFingerprinted (der: Uint8Array, fingerprint: string, anchor: TrustAnchor, kinds: readonly Kind[]): IdentityResult {
+  let cert: LeafFields
   try {
-    cert = new x509.X509Certificate(new Uint8Array(der))
-    nodeCert = new NodeX509(Buffer.from(der))
+    cert = readLeaf(der)
   } catch (err) {
     return refuse('unparsable-certificate', `certificate ${fingerprint.slice(0, 16)} does not parse: ${(err as Error).message}`)
   }
 
   // Issued directly by our issuing CA: same issuer name, same key id, and the signature verifies under its key
   // (OpenSSL already checked the chain; this keeps us honest when the TLS layer is configured by someone else).
-  if (!bytesEqual(new Uint8Array(cert.issuerName.toArrayBuffer()), anchor.issuerName)) {
-    return refuse('foreign-issuer', `issuer "${cert.issuer}" is not our issuing CA`)
+  if (!bytesEqual(cert.issuer, anchor.issuerName)) {
+    return refuse('foreign-issuer', `issuer "${describeName(cert.issuer)}" is not our issuing CA`)
   }
-  const aki = cert.getExtension(x509.AuthorityKeyIdentifierExtension)
-  if (aki?.keyId === undefined || aki.keyId.toLowerCase() !== anchor.issuerKeyId) {
-    return refuse('foreign-issuer', `authority key id ${aki?.keyId ?? 'missing'} is not our issuing CA's ${anchor.issuerKeyId}`)
+  if (cert.authorityKeyId === undefined || cert.authorityKeyId !== anchor.issuerKeyId) {
+    return refuse('foreign-issuer', `authority key id ${cert.authorityKeyId ?? 'missing'} is not our issuing CA's ${anchor.issuerKeyId}`)
   }
-  if (!nodeCert.verify(anchor.issuer.publicKey)) {
+  if (!signedByAnchor(cert, anchor)) {
     return refuse('bad-signature', 'the certificate signature does not verify under our issuing CA key')
   }
 
-  const bc = cert.getExtension(x509.BasicConstraintsExtension)
-  if (bc === null) return refuse('no-basic-constraints', 'the certificate has no basicConstraints (CA:FALSE required)')
-  if (bc.ca) return refuse('ca-certificate', 'the certificate is a CA certificate (CA:TRUE)')
-  const ku = cert.getExtension(x509.KeyUsagesExtension)
-  if (ku === null || (ku.usages & x509.KeyUsageFlags.digitalSignature) === 0) {
+  if (cert.basicConstraintsCa === undefined) return refuse('no-basic-constraints', 'the certificate has no basicConstraints (CA:FALSE required)')
+  if (cert.basicConstraintsCa) return refuse('ca-certificate', 'the certificate is a CA certificate (CA:TRUE)')
+  if (cert.keyUsage === undefined || !cert.keyUsage.digitalSignature) {
     return refuse('no-digital-signature', 'keyUsage digitalSignature is missing')
   }
-  if ((ku.usages & x509.KeyUsageFlags.keyCertSign) !== 0) return refuse('ca-certificate', 'a client certificate may not carry keyCertSign')
-  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension)
-  if (eku === null || !eku.usages.map(String).includes(OID_CLIENT_AUTH)) {
-    return refuse('no-client-auth', 'extendedKeyUsage clientAuth is missing')
-  }
+  if (cert.keyUsage.keyCertSign) return refuse('ca-certificate', 'a client certificate may not carry keyCertSign')
+  if (cert.clientAuth !== true) return refuse('no-client-auth', 'extendedKeyUsage clientAuth is missing')
 
-  const keyProblem = checkKey(nodeCert)
+  const keyProblem = checkKey(cert.key)
   if (keyProblem !== null) return refuse('weak-key', keyProblem)
 
-  const cns = cert.subjectName.getField('CN')
+  const cns = cert.cns
   if (cns.length !== 1) return refuse('cn-count', `the subject has ${cns.length} CN values (exactly one required)`)
   const cn = cns[0] as string
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension)
-  const uris = san === null ? [] : san.names.items.filter((n) => n.type === 'url').map((n) => n.value)
+  const uris = cert.uris
   if (uris.length !== 1) return refuse('san-uri-count', `the certificate has ${uris.length} SAN URIs (exactly one required)`)
   const uri = uris[0] as string
   const spiffe = parseSpiffeUri(uri)
@@ -163,13 +184,13 @@ export function readIdentity (der: Uint8Array, anchor: TrustAnchor, kinds: reado
   }
 
   const groups: string[] = []
-  for (const ou of cert.subjectName.getField('OU')) {
+  for (const ou of cert.ous) {
     if (!isValidId(ou)) return refuse('bad-group', `group (OU) ${JSON.stringify(ou)} is outside the id alphabet`)
     if (!groups.includes(ou)) groups.push(ou)
   }
 
-  const serial = canonicalSerial(cert.serialNumber)
-  if (serial === null) return refuse('unparsable-certificate', `serial ${JSON.stringify(cert.serialNumber)} is not hexadecimal`)
+  const serial = canonicalSerial(cert.serialHex)
+  if (serial === null) return refuse('unparsable-certificate', `serial ${JSON.stringify(cert.serialHex)} is not hexadecimal`)
 
   return {
     ok: true,
@@ -220,7 +241,7 @@ export class IdentityReader {
       // Map order is insertion order: re-inserting makes this the most recently used entry.
       this.#cache.delete(key)
     } else {
-      result = readIdentity(der, this.#anchor, this.#kinds)
+      result = readFingerprinted(der, key, this.#anchor, this.#kinds)
     }
     this.#cache.set(key, result)
     if (this.#cache.size > this.#max) {

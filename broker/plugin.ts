@@ -104,7 +104,34 @@ function isTlsSocket (conn: unknown): conn is TLSSocket {
   return typeof (conn as { getPeerCertificate?: unknown }).getPeerCertificate === 'function'
 }
 
+/**
+ * The client certificate's DER, from the leaf only (not `detailed`, which describes the whole chain). Not
+ * getPeerX509Certificate() either: Node 20 copies the rest of the peer's chain (X509_dup) to build it, about twice the
+ * cost of this object when the device sends its issuing CA along, as the bundles `cert issue` writes do.
+ */
+function peerDer (conn: TLSSocket): Uint8Array | undefined {
+  return conn.getPeerCertificate(false)?.raw
+}
+
 const MAX_LOGGED_RECEIVE = 64
+
+type MessageOptions = { readonly qos: Qos, readonly retain: boolean }
+
+/** One frozen options object per (QoS, retain): asking about a message must not allocate, it runs per message. */
+const MESSAGE_OPTIONS: readonly MessageOptions[] = ([0, 1, 2] as const).flatMap((qos) => [false, true].map((retain) => Object.freeze({ qos, retain })))
+
+function messageOptions (qos: number | undefined, retain: boolean | undefined): MessageOptions {
+  const q = qos ?? 0
+  const o = MESSAGE_OPTIONS[q * 2 + (retain === true ? 1 : 0)]
+  return o !== undefined && o.qos === q ? o : { qos: q as Qos, retain: retain === true }
+}
+
+/**
+ * Marks a publish refused by policy: Aedes would close the connection on a hook error, so it is acked, then dropped
+ * by the aedes.publish wrapper. A property, unlike a WeakSet, costs the wrapper nothing on every allowed message.
+ */
+const DROPPED: unique symbol = Symbol('aedes-zero-trust.dropped')
+type Droppable = { [DROPPED]?: boolean }
 
 /**
  * Installs zero-trust admission and authorization on an Aedes 1.x instance. Hooks installed before are replaced
@@ -126,11 +153,14 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   const compile: AuthorizerFactory = ca === undefined ? denyAllAuthorizer : (options.authorizer ?? fromPolicies ?? ownTopicsAuthorizer)
   const tlsOptions = ca === undefined ? undefined : tlsServerOptions(ca, limits)
 
-  const states = new WeakMap<Client, ConnState>()
+  // On the client under a symbol of this instance: a property load, where a WeakMap lookup would cost more twice per message.
+  const STATE: unique symbol = Symbol('aedes-zero-trust.state')
+  const states = {
+    get: (client: Client): ConnState | undefined => (client as unknown as { [STATE]?: ConnState })[STATE],
+    set: (client: Client, st: ConnState): void => { (client as unknown as { [STATE]?: ConnState })[STATE] = st },
+  }
   const pending = new WeakMap<Client, PendingConnect>()
   const bySerial = new Map<string, Set<Client>>()
-  /** Publishes refused by policy: Aedes would close the connection on a hook error, so they are acked and dropped. */
-  const dropped = new WeakSet<object>()
   /** Clients refused at CONNECT: their closing error is already in the audit log as connect.refused. */
   const refused = new WeakSet<Client>()
   const topicLimits = { maxTopicBytes: limits.maxTopicBytes, maxTopicLevels: limits.maxTopicLevels }
@@ -218,7 +248,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       return
     }
     const conn = client.conn
-    const der = isTlsSocket(conn) ? conn.getPeerCertificate(true)?.raw : undefined
+    const der = isTlsSocket(conn) ? peerDer(conn) : undefined
     decideConnect({
       configured: reader !== undefined,
       tls: isTlsSocket(conn),
@@ -280,7 +310,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
 
   // ---- PUBLISH (client publishes and Last Wills, from this node or, with client null, orphaned by a dead node) -----
   const drop = (packet: object, callback: (err?: Error | null) => void): void => {
-    dropped.add(packet)
+    (packet as Droppable)[DROPPED] = true
     callback(null)
   }
 
@@ -305,7 +335,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       drop(packet, callback)
       return
     }
-    const d = st.authorizer.publish(packet.topic, { qos: (packet.qos ?? 0) as Qos, retain: packet.retain === true })
+    const d = st.authorizer.publish(packet.topic, messageOptions(packet.qos, packet.retain))
     if (d.effect !== 'allow') {
       audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, qos: packet.qos, retain: packet.retain === true, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
       drop(packet, callback)
@@ -342,8 +372,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   const originalPublish = aedes.publish
   aedes.publish = function publish (this: Aedes, packet: PublishPacket, client: unknown, done?: unknown) {
     const cb = (typeof client === 'function' ? client : done) as ((err?: Error) => void) | undefined
-    if (dropped.has(packet)) {
-      dropped.delete(packet)
+    if ((packet as Droppable)[DROPPED] === true) {
+      (packet as Droppable)[DROPPED] = false
       if (cb !== undefined) setImmediate(cb)
       return
     }
@@ -400,7 +430,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     const st = states.get(client)
     if (st === undefined) return null
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) return null
-    const d = st.authorizer.receive(packet.topic, { qos: (packet.qos ?? 0) as Qos, retain: packet.retain === true })
+    const d = st.authorizer.receive(packet.topic, messageOptions(packet.qos, packet.retain))
     if (d.effect === 'allow') return packet
     if (!st.loggedReceive.has(packet.topic) && st.loggedReceive.size < MAX_LOGGED_RECEIVE) {
       st.loggedReceive.add(packet.topic)

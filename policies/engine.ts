@@ -5,7 +5,7 @@ import type { Action, Decision, Entry, Identity, Qos, Statement } from './model.
 import type { PolicySet, PolicySource } from './set.js'
 import { coversLevels, HASH, matchLevels, overlapsLevels, parseFilter, PLUS, topicFilterProblem, topicNameProblem, type FilterLevel, type FilterLevels } from './topic.js'
 
-/** Decisions cached per connection; a device uses a handful of topics, a bridge more, neither unbounded. */
+/** Topics cached per connection and action; a device uses a handful of topics, a bridge more, neither unbounded. */
 export const DEFAULT_CACHE_SIZE = 1000
 
 /** An entry with the identity's values substituted: every substituted level is a literal string. */
@@ -62,6 +62,11 @@ interface ActionTable {
   readonly deny: readonly CompiledEntry[]
   readonly allowTrie: Trie
   readonly denyTrie: Trie
+  /**
+   * Whether a decision can differ by QoS or retain flag for the same topic, so the cache must keep one per
+   * variant. Without retain conditions and maxQos caps a publish decision depends on the topic alone.
+   */
+  readonly variants: boolean
 }
 
 interface Compiled {
@@ -127,7 +132,9 @@ function compile (set: PolicySet, identity: Identity): Compiled {
     const denyTrie = new Trie()
     for (const e of allow) allowTrie.insert(e)
     for (const e of deny) denyTrie.insert(e)
-    return { allow, deny, allowTrie, denyTrie }
+    // Subscribe and receive grant a QoS, so their decisions always carry the request's QoS.
+    const variants = action !== 'publish' || allow.some((e) => e.retain !== undefined || e.maxQos < 2) || deny.some((e) => e.retain !== undefined)
+    return { allow, deny, allowTrie, denyTrie, variants }
   }
   return {
     generation: set.generation,
@@ -225,16 +232,61 @@ export interface Authorizer {
 }
 
 export interface CompileOptions {
-  /** Decisions cached per connection (least recently used evicted). @default 1000 */
+  /** Topics (or filters) cached per action, each with its QoS/retain variants; 0 turns the cache off. @default 1000 */
   cacheSize?: number
+}
+
+/** A topic's cached answer: the decision itself, or one per variant (see `variantSlot`) when the table has variants. */
+type Cached = Decision | Array<Decision | undefined>
+
+const VARIANTS = 6
+
+/** Index of a (QoS, retain) variant, or -1 for a QoS outside 0-2, which is decided uncached. */
+function variantSlot (qos: number, retain: boolean): number {
+  const base = qos === 0 ? 0 : qos === 1 ? 2 : qos === 2 ? 4 : -1
+  return base < 0 ? -1 : retain ? base + 1 : base
+}
+
+/**
+ * Topic → decision, bounded in two generations: a hit is one Map lookup with the topic itself as the key, and
+ * eviction drops the older half at once instead of reordering on every hit. What is used keeps getting promoted
+ * into the young map, so a working set below half the size is never decided twice.
+ */
+class DecisionCache {
+  readonly #half: number
+  #young = new Map<string, Cached>()
+  #old: Map<string, Cached> | undefined
+
+  constructor (size: number) {
+    this.#half = Math.max(1, Math.ceil(size / 2))
+  }
+
+  get (key: string): Cached | undefined {
+    const hit = this.#young.get(key)
+    if (hit !== undefined || this.#old === undefined) return hit
+    const old = this.#old.get(key)
+    if (old !== undefined) this.set(key, old)
+    return old
+  }
+
+  set (key: string, value: Cached): void {
+    if (this.#young.size >= this.#half) {
+      this.#old = this.#young
+      this.#young = new Map()
+    }
+    this.#young.set(key, value)
+  }
 }
 
 class CompiledAuthorizer implements Authorizer {
   readonly identity: Readonly<Identity>
   readonly #source: PolicySource
   readonly #cacheSize: number
-  readonly #cache = new Map<string, Decision>()
   #compiled: Compiled
+  // Per action, created at first use and replaced on recompile; undefined when caching is off.
+  #publish: DecisionCache | undefined
+  #receive: DecisionCache | undefined
+  #subscribe: DecisionCache | undefined
 
   constructor (source: PolicySource, identity: Identity, cacheSize: number) {
     this.identity = Object.freeze({ ...identity, groups: Object.freeze([...identity.groups]) })
@@ -247,43 +299,55 @@ class CompiledAuthorizer implements Authorizer {
     const set = this.#source.current()
     if (set.generation !== this.#compiled.generation) {
       this.#compiled = compile(set, this.identity)
-      this.#cache.clear()
+      this.#publish = this.#receive = this.#subscribe = undefined
     }
     return this.#compiled
   }
 
-  #cached (key: string, decide: (c: Compiled) => Decision): Decision {
-    const compiled = this.#current()
-    const hit = this.#cache.get(key)
-    if (hit !== undefined) {
-      // Re-insert so the Map's insertion order doubles as recency order.
-      this.#cache.delete(key)
-      this.#cache.set(key, hit)
-      return hit
+  #cache (cache: DecisionCache | undefined): DecisionCache | undefined {
+    return cache ?? (this.#cacheSize > 0 ? new DecisionCache(this.#cacheSize) : undefined)
+  }
+
+  #message (t: ActionTable, cache: DecisionCache | undefined, topic: string, options: MessageOptions | undefined, capQos: boolean): Decision {
+    const qos = options?.qos ?? 0
+    const retain = options?.retain === true
+    const slot = variantSlot(qos, retain)
+    if (cache === undefined || slot < 0) return decideMessage(t, topic, qos, retain, capQos)
+    const hit = cache.get(topic)
+    if (!t.variants) {
+      if (hit !== undefined) return hit as Decision
+      const d = decideMessage(t, topic, qos, retain, capQos)
+      cache.set(topic, d)
+      return d
     }
-    const d = decide(compiled)
-    if (this.#cacheSize > 0) {
-      if (this.#cache.size >= this.#cacheSize) this.#cache.delete(this.#cache.keys().next().value as string)
-      this.#cache.set(key, d)
-    }
-    return d
+    let variants = hit as Array<Decision | undefined> | undefined
+    const found = variants?.[slot]
+    if (found !== undefined) return found
+    if (variants === undefined) cache.set(topic, variants = new Array<Decision | undefined>(VARIANTS).fill(undefined))
+    return (variants[slot] = decideMessage(t, topic, qos, retain, capQos))
   }
 
-  publish (topic: string, options: MessageOptions = {}): Decision {
-    const qos = options.qos ?? 0
-    const retain = options.retain === true
-    return this.#cached(`p${qos}${retain ? 1 : 0}${topic}`, (c) => decideMessage(c.publish, topic, qos, retain, false))
+  publish (topic: string, options?: MessageOptions): Decision {
+    const t = this.#current().publish
+    return this.#message(t, this.#publish = this.#cache(this.#publish), topic, options, false)
   }
 
-  subscribe (filter: string, options: SubscribeOptions = {}): Decision {
-    const qos = options.qos ?? 0
-    return this.#cached(`s${qos}${filter}`, (c) => decideSubscribe(c.subscribe, filter, qos))
+  subscribe (filter: string, options?: SubscribeOptions): Decision {
+    const t = this.#current().subscribe
+    const cache = this.#subscribe = this.#cache(this.#subscribe)
+    const qos = options?.qos ?? 0
+    const slot = variantSlot(qos, false)
+    if (cache === undefined || slot < 0) return decideSubscribe(t, filter, qos)
+    let variants = cache.get(filter) as Array<Decision | undefined> | undefined
+    const found = variants?.[slot]
+    if (found !== undefined) return found
+    if (variants === undefined) cache.set(filter, variants = new Array<Decision | undefined>(VARIANTS).fill(undefined))
+    return (variants[slot] = decideSubscribe(t, filter, qos))
   }
 
-  receive (topic: string, options: MessageOptions = {}): Decision {
-    const qos = options.qos ?? 0
-    const retain = options.retain === true
-    return this.#cached(`r${qos}${retain ? 1 : 0}${topic}`, (c) => decideMessage(c.receive, topic, qos, retain, true))
+  receive (topic: string, options?: MessageOptions): Decision {
+    const t = this.#current().receive
+    return this.#message(t, this.#receive = this.#cache(this.#receive), topic, options, true)
   }
 
   get statements (): readonly string[] {

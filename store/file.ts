@@ -22,11 +22,17 @@ export interface FileStoreOptions {
   lockTimeoutMs?: number
   /** A lock older than this is taken to be left by a crashed process (default 30 000 ms). */
   staleLockMs?: number
-  /** Feed poll interval used alongside fs.watch, which can miss events on some filesystems (default 25 ms). */
+  /**
+   * Feed poll interval where fs.watch is unavailable (default 25 ms). While fs.watch is armed the poll only backs it
+   * up (a replaced file, a filesystem that drops events) and runs every `max(pollMs, 250)` ms.
+   */
   pollMs?: number
 }
 
 const NL = 0x0a
+
+/** Backup poll while fs.watch is armed: inotify wakes a reader within milliseconds, so this only bounds a lost event. */
+const WATCHED_POLL_MS = 250
 
 function storeError (operation: string, err: unknown): ZtError {
   if (err instanceof ZtError) return err
@@ -359,9 +365,13 @@ export class FileCertStore implements CertStore {
     const count = options.count ?? 1000
     const deadline = Date.now() + Math.max(0, options.blockMs)
     let watcher: FSWatcher | undefined
+    let watching = false
+    // An event that lands while a read is in flight has no waiter to wake: remember it, or it would wait for the poll.
+    let changed = false
     let wake: (() => void) | undefined
     try {
       for (;;) {
+        changed = false
         let entries: FeedEntry[]
         try {
           entries = await this.feedFrom(offset, count)
@@ -373,15 +383,17 @@ export class FileCertStore implements CertStore {
         if (watcher === undefined) {
           try {
             // Armed before the next read, so a line appended in between still wakes us.
-            watcher = watch(this.files.revocations, { persistent: false }, () => wake?.())
-            watcher.on('error', () => {})
+            watcher = watch(this.files.revocations, { persistent: false }, () => { changed = true; wake?.() })
+            watching = true
+            watcher.on('error', () => { watching = false })
             continue
           } catch {
             // inotify limits and some network filesystems: the poll below still bounds the delay.
           }
         }
+        if (changed) continue
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, Math.min(remaining, this.pollMs))
+          const timer = setTimeout(done, Math.min(remaining, watching ? Math.max(this.pollMs, WATCHED_POLL_MS) : this.pollMs))
           function done (): void { clearTimeout(timer); resolve() }
           wake = done
           this.waiters.add(done)

@@ -1,4 +1,5 @@
 // Evaluation rules: principals, deny wins, default deny, literal variables, ${group}, conditions, $-topics, reloads.
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { compileFor, describeDecision, explain, substitute } from '../policies/engine.js'
 import { coversLevels, HASH, matchLevels, parseFilter } from '../policies/topic.js'
@@ -323,6 +324,38 @@ describe('generations and caching', () => {
     }
     const same = a.publish('t/1', { qos: 1 })
     expect(a.publish('t/1', { qos: 1 })).toBe(same)
+  })
+
+  it('answers from the cache exactly what it answers uncached, whatever the order of requests', () => {
+    const conditional = set(`
+policies:
+  - name: c
+    allow:
+      publish: [{ topic: "t/#", maxQos: 1 }, { topic: "t/r", retain: true }, "u/+"]
+      subscribe: [{ topic: "t/#", maxQos: 1 }, "u/#"]
+      receive: [{ topic: "t/#", maxQos: 1 }, "u/+"]
+    deny:
+      publish: [{ topic: "u/r", retain: true }]
+      receive: [{ topic: "t/x", retain: false }]
+`)
+    const plain = set('policies: [{ name: p, allow: { publish: ["t/#"], subscribe: ["t/+"], receive: ["t/#"] }, deny: { publish: ["t/x"] } }]')
+    const request = fc.record({
+      action: fc.constantFrom('publish' as const, 'receive' as const, 'subscribe' as const),
+      topic: fc.constantFrom('t/a', 't/r', 't/x', 'u/r', 'u/a', 'u/#', 't/+', 'v', 't/#', '', 'a\u0000b'),
+      qos: fc.constantFrom(0 as const, 1 as const, 2 as const),
+      retain: fc.boolean(),
+    })
+    for (const policies of [conditional, plain]) {
+      fc.assert(fc.property(fc.array(request, { maxLength: 40 }), fc.integer({ min: 1, max: 5 }), (requests, cacheSize) => {
+        const cached = compileFor(policies, device('d1'), { cacheSize })
+        const fresh = compileFor(policies, device('d1'), { cacheSize: 0 })
+        for (const r of requests) {
+          const got = r.action === 'subscribe' ? cached.subscribe(r.topic, { qos: r.qos }) : cached[r.action](r.topic, { qos: r.qos, retain: r.retain })
+          const want = r.action === 'subscribe' ? fresh.subscribe(r.topic, { qos: r.qos }) : fresh[r.action](r.topic, { qos: r.qos, retain: r.retain })
+          expect(got).toEqual(want)
+        }
+      }), { numRuns: 300 })
+    }
   })
 })
 
