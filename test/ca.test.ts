@@ -47,7 +47,7 @@ describe('home', () => {
     expect(await mode('server.key')).toBe(0o600)
     for (const f of ['ca.pem', 'ca-chain.pem', 'server.pem', 'issuing.pem', 'config.json']) expect(await mode(f)).toBe(0o644)
     await expect(fs.stat(path.join(home, 'private/passphrase'))).rejects.toThrow()
-    expect(await fs.readFile(path.join(home, 'private/issuing.key'), 'utf8')).toMatch(/^-----BEGIN ENCRYPTED PRIVATE KEY-----/)
+    expect(await fs.readFile(path.join(home, 'private/issuing.key'), 'utf8')).toMatch(/^-{5}BEGIN ENCRYPTED PRIVATE KEY-{5}\n/)
     expect((await fs.readdir(home)).filter((f) => f.endsWith('.tmp'))).toEqual([])
 
     const again = await loadHome(home)
