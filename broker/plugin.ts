@@ -4,7 +4,7 @@ import type { TLSSocket } from 'node:tls'
 import tls from 'node:tls'
 import type { Aedes, Client, AuthenticateError, PublishPacket, Subscription, AedesPublishPacket, ConnectPacket } from 'aedes'
 import pino, { type Logger } from 'pino'
-import { ZtError } from '../common/errors.js'
+import { oneLine, ZtError } from '../common/errors.js'
 import { compileFor, type PolicySource } from '../policies/index.js'
 import type { CertStore } from '../store/types.js'
 import { denyAllAuthorizer, ownTopicsAuthorizer, type Authorizer, type AuthorizerFactory, type Qos } from './authorizer.js'
@@ -114,6 +114,16 @@ function peerDer (conn: TLSSocket): Uint8Array | undefined {
 }
 
 const MAX_LOGGED_RECEIVE = 64
+
+/**
+ * Aedes acts on messages under $SYS/ (another node's heartbeat, birth, and new/clients, which disconnects that
+ * client id everywhere), whoever sent them. Clients may be granted $SYS topics to read; publishing there is refused
+ * whatever a policy says.
+ */
+function isSysTopic (topic: string): boolean {
+  return topic.startsWith('$SYS/') || topic === '$SYS'
+}
+const SYS_RESERVED = Object.freeze({ effect: 'deny' as const, reason: 'sys-reserved', statement: undefined })
 
 type MessageOptions = { readonly qos: Qos, readonly retain: boolean }
 
@@ -269,7 +279,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       if (will !== null && will !== undefined) {
         const bad = checkTopicName(will.topic, topicLimits)
         if (bad !== null) { refuse({ code: CONNACK.notAuthorized, reason: 'will-topic-invalid', detail: `will topic: ${bad}` }, identity); return }
-        const d = authorizer.publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
+        const d = isSysTopic(will.topic) ? SYS_RESERVED : authorizer.publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
         if (d.effect !== 'allow') {
           refuse({ code: CONNACK.notAuthorized, reason: 'will-forbidden', detail: `will topic ${JSON.stringify(will.topic)} is not allowed (${d.reason}${d.statement === undefined ? '' : `, ${d.statement}`})` }, identity)
           return
@@ -288,7 +298,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       callback(null, true)
     }).catch((err: unknown) => {
       // Fail closed on anything unexpected (a policy that cannot compile for this identity, a store bug).
-      if (!client.closed && !answered) refuse({ code: CONNACK.serverUnavailable, reason: 'internal-error', detail: (err as Error).message ?? String(err) })
+      if (!client.closed && !answered) refuse({ code: CONNACK.serverUnavailable, reason: 'internal-error', detail: oneLine(err) })
     })
   }
 
@@ -330,6 +340,11 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       callback(new Error(`publish: topic refused (${bad})`))
       return
     }
+    if (isSysTopic(packet.topic)) {
+      audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: 'sys-reserved', remote: st.remote })
+      drop(packet, callback)
+      return
+    }
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) {
       audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: 'revoked', remote: st.remote })
       drop(packet, callback)
@@ -362,11 +377,16 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       if (owner === null || !(owner === record.id || owner.startsWith(`${record.id}:`))) { deny('will-owner-mismatch', record.id); return }
       if (revocation.isRevoked(serial)) { deny('revoked', record.id); return }
       if (checkTopicName(will.topic, topicLimits) !== null) { deny('will-topic-invalid', record.id); return }
+      if (isSysTopic(will.topic)) { deny('sys-reserved', record.id); return }
       const d = compile({ id: record.id, kind: record.kind, groups: record.groups, serial }).publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
       if (d.effect !== 'allow') { deny(d.reason, record.id); return }
       if (will.retain === true) tagPublisher(will, serial, owner)
       callback(null)
-    }, () => { deny('store-unavailable') })
+    }, () => { deny('store-unavailable') }).catch(() => {
+      // Anything thrown while judging (an authorizer that cannot compile for the record) refuses the will; an
+      // unhandled rejection here would kill the process and leave Aedes' will sweep waiting forever.
+      deny('internal-error')
+    })
   }
 
   const originalPublish = aedes.publish
@@ -470,7 +490,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       clearRetainedOf(broker.persistence, rev.serial).then((messages) => {
         audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages })
       }, (err: unknown) => {
-        audit('warn', 'retained.clear_failed', { id: rev.id, serial: rev.serial, reason: rev.reason, detail: (err as Error).message ?? String(err) })
+        audit('warn', 'retained.clear_failed', { id: rev.id, serial: rev.serial, reason: rev.reason, detail: oneLine(err) })
       })
     }
   }
@@ -501,6 +521,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     detach () {
       revocation?.off('revoked', onRevoked)
       aedes.off('client', onClient)
+      aedes.off('clientError', onClientError)
+      aedes.off('connectionError', onClientError)
     },
   }
 }

@@ -200,9 +200,6 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
     const blockMs = Math.max(25, Math.min(1_000, Math.floor(config.revocation.maxStalenessMs / 4)))
     const mirror = new RevocationMirror(store, { maxStalenessMs: config.revocation.maxStalenessMs, blockMs, logger })
     cleanups.push(() => mirror.close())
-    mirror.on('state', (state: MirrorState) => {
-      logger[state.current ? 'info' : 'warn']({ event: state.current ? 'revocation.current' : 'revocation.stale', ...state, stalenessMs: Number.isFinite(state.stalenessMs) ? state.stalenessMs : null }, state.current ? 'admitting connections' : 'refusing new connections until revocations are current')
-    })
     if (redisUrl === null) {
       await mirror.start()
     } else {

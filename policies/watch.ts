@@ -80,7 +80,8 @@ export function watchPolicies (dir: string, options: WatchOptions = {}): PolicyW
       const message = err instanceof Error ? err.message : String(err)
       if (!closed && message !== lastFailure) {
         lastFailure = message
-        options.onError?.(err)
+        // A throwing onError must not become an unhandled rejection of this background reload.
+        try { options.onError?.(err) } catch {}
       }
     } finally {
       loading = false

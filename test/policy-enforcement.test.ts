@@ -293,6 +293,10 @@ policies:
     principals: { kind: service, groups: [sysmon] }
     allow:
       subscribe: ["$SYS/#"]
+  - name: sys-writer
+    principals: { kind: service, groups: [syswriter] }
+    allow:
+      publish: ["$SYS/#", "fleet/#"]
 `
 
   test('filters not covered, overlapping a deny, or # and $SYS/# without an explicit statement get 0x80 and receive nothing while messages flow on matching topics', async () => {
@@ -334,6 +338,20 @@ policies:
     await cmd.client.publishAsync('fleet/public/after', 'sentinel', { qos: 1 })
     await all.inbox.waitFor('sentinel')
     expect(all.inbox.messages.filter((m) => m.topic.startsWith('$'))).toEqual([])
+  })
+
+  test('nobody publishes under $SYS/, even with a statement granting it: Aedes acts on those topics (new/clients disconnects a client id)', async () => {
+    await start(POLICY)
+    const victim = await connect('sys-victim')
+    const writer = await connect('sys-writer', { kind: 'service', groups: ['syswriter'] })
+    const watcher = await connect('sys-watch', { kind: 'service', groups: ['everything'] })
+    expect(await subscribe(watcher.client, ['fleet/#'])).toEqual([1])
+    await writer.client.publishAsync('$SYS/some-broker/new/clients', 'sys-victim', { qos: 1 })
+    await writer.client.publishAsync('fleet/after', 'sentinel', { qos: 1 })
+    await watcher.inbox.waitFor('sentinel')
+    expect(await audit('publish.denied', (l) => l.id === 'sys-writer')).toMatchObject({ reason: 'sys-reserved', topic: '$SYS/some-broker/new/clients' })
+    expect(victim.client.connected).toBe(true)
+    expect(writer.client.connected).toBe(true)
   })
 })
 
