@@ -69,9 +69,20 @@ const EC_CURVES: Record<string, { crv: string, bytes: number, description: KeyDe
  * bulk issuance. OpenSSL still checks the point is on the curve. Everything else takes the generic path.
  */
 function importKey (spki: Uint8Array, operation: string): { key: KeyObject, description: KeyDescription } {
-  const [alg, bits] = children(readTlv(spki).value)
-  const [algOid, params] = alg === undefined ? [] : children(alg.value)
-  if (algOid?.tag === TAG.OID && readOid(algOid.value) === OID_EC_PUBLIC_KEY && params?.tag === TAG.OID && bits?.tag === TAG.BIT_STRING) {
+  // The SPKI is checked strictly here because its shape decides what the CA signs: an algorithm and a key, nothing
+  // more, a BIT STRING without unused bits, and EC keys that name their curve (RFC 5480 forbids explicit parameters,
+  // which Go, BoringSSL and rustls refuse). verifyCsr also re-encodes the key before it goes into a certificate.
+  const top = children(readTlv(spki).value)
+  const [alg, bits] = top
+  if (top.length !== 2 || alg?.tag !== TAG.SEQUENCE || bits?.tag !== TAG.BIT_STRING || bits.value[0] !== 0) {
+    throw new Error('malformed SubjectPublicKeyInfo')
+  }
+  const algParts = children(alg.value)
+  const [algOid, params] = algParts
+  if (algOid?.tag === TAG.OID && readOid(algOid.value) === OID_EC_PUBLIC_KEY && (params?.tag !== TAG.OID || algParts.length !== 2)) {
+    throw new ZtError('ZT_WEAK_KEY', `${operation}: EC keys must name their curve (explicit curve parameters are not accepted)`)
+  }
+  if (algOid?.tag === TAG.OID && readOid(algOid.value) === OID_EC_PUBLIC_KEY && params?.tag === TAG.OID) {
     const curve = EC_CURVES[readOid(params.value)]
     const point = bits.value.subarray(1)
     if (curve !== undefined && point[0] === 0x04 && point.length === 1 + 2 * curve.bytes) {
@@ -114,5 +125,6 @@ export function verifyCsr (input: string | Uint8Array, operation: string): Verif
     ok = false
   }
   if (!ok) throw new ZtError('ZT_BAD_CSR', `${operation}: the CSR's signature does not verify with its own key (forged or corrupted)`)
-  return { spki: parts.spki, key: description }
+  // The certificate carries the key as node:crypto encodes it, never the CSR's own bytes.
+  return { spki: new Uint8Array(key.export({ type: 'spki', format: 'der' })), key: description }
 }

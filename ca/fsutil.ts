@@ -110,6 +110,8 @@ export async function flushStaged (staged: StagedFile, file: string): Promise<vo
     await fsyncFd(staged.fd)
   } finally {
     closeSync(staged.fd)
+    // The number may be handed to another file at once: a second close (discardStaged) must not touch it.
+    staged.fd = -1
   }
   try {
     await fs.link(staged.tmp, file)
@@ -120,7 +122,10 @@ export async function flushStaged (staged: StagedFile, file: string): Promise<vo
 
 /** Drops a staged file that will not be committed (closing it if flushStaged did not). */
 export function discardStaged (staged: StagedFile): void {
-  try { closeSync(staged.fd) } catch { /* already closed by flushStaged */ }
+  if (staged.fd >= 0) {
+    try { closeSync(staged.fd) } catch { /* nothing more to release */ }
+    staged.fd = -1
+  }
   rmSync(staged.tmp, { force: true })
 }
 

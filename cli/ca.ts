@@ -189,12 +189,21 @@ const certIssue: Command = {
     if (keyOut !== undefined) await refuseExisting(keyOut, op)
     const authority = await openAuthority(ctx.home, authorityOptions(ctx))
     try {
-      const bundle = await authority.issue(req)
-      if (keyOut !== undefined) await writeFileAtomic(keyOut, bundle.keyPem ?? '', { mode: 0o600, noClobber: true, operation: op })
+      // Sign, save the files, and only then record: an inventory entry whose key or certificate could not be written
+      // would be an active certificate nobody holds.
+      const bundle = await authority.sign(req, op)
+      const written: string[] = []
+      try {
+        if (keyOut !== undefined) { await writeFileAtomic(keyOut, bundle.keyPem ?? '', { mode: 0o600, noClobber: true, operation: op }); written.push(keyOut) }
+        if (out !== undefined) { await writeFileAtomic(out, bundle.bundlePem, { mode: 0o644, operation: op }); written.push(out) }
+        await authority.store.recordIssued([bundle.record])
+      } catch (err) {
+        await Promise.all(written.map(async (file) => { await fs.rm(file, { force: true }) }))
+        throw err
+      }
       const { record } = bundle
       const summary = `issued ${record.serial} for ${record.kind} ${record.id}${record.groups.length > 0 ? ` (groups ${record.groups.join(', ')})` : ''}, valid until ${record.notAfter}`
       if (out !== undefined) {
-        await writeFileAtomic(out, bundle.bundlePem, { mode: 0o644, operation: op })
         ctx.stdout.write(`${summary}; certificate and issuing CA in ${out}${keyOut !== undefined ? `, key in ${keyOut}` : ''}\n`)
       } else {
         ctx.stdout.write(bundle.bundlePem)

@@ -105,6 +105,8 @@ export async function main (argv: string[], io: MainIo = {}): Promise<number> {
       throw new ZtError('ZT_BAD_ARGUMENT', `${name}: expected ${min === max ? min : `${min} to ${max}`} argument(s), got ${positionals.length}; usage: aedes-zt ${command.usage}`)
     }
     const homeOpt = typeof values.home === 'string' ? values.home : undefined
+    // An empty --home would silently mean the current directory.
+    if (homeOpt === '') throw new ZtError('ZT_BAD_ARGUMENT', `${name}: --home needs a directory`)
     const envHome = env.AEDES_ZT_HOME !== undefined && env.AEDES_ZT_HOME !== '' ? env.AEDES_ZT_HOME : undefined
     const redisOpt = typeof values.redis === 'string' ? values.redis : (env.REDIS_URL !== undefined && env.REDIS_URL !== '' ? env.REDIS_URL : undefined)
     const code = await command.run({

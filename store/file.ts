@@ -222,17 +222,21 @@ export class FileCertStore implements CertStore {
 
   private async breakStaleLock (): Promise<void> {
     let text: string
+    let mtimeMs: number
     try {
       text = await fs.readFile(this.files.lock, 'utf8')
+      mtimeMs = (await fs.stat(this.files.lock)).mtimeMs
     } catch {
       return
     }
     const [pidText, atText] = text.trim().split(' ')
     const pid = Number(pidText)
     const at = Number(atText)
-    // An empty lock file is one being written right now; only a dead owner or a very old lock is stale.
+    // An empty lock file is usually one being written right now, but a crash between creating and writing it leaves
+    // it empty for good: past staleLockMs by the file's own age, it is stale too.
     const stale = (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) ||
-      (Number.isFinite(at) && at > 0 && Date.now() - at > this.staleLockMs)
+      (Number.isFinite(at) && at > 0 && Date.now() - at > this.staleLockMs) ||
+      (text.trim() === '' && Date.now() - mtimeMs > this.staleLockMs)
     if (stale) await fs.rm(this.files.lock, { force: true })
   }
 

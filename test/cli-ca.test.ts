@@ -168,6 +168,13 @@ describe('cert issue, list, revoke and crl with openssl', () => {
     const weak = path.join(tmp, 'weak.csr')
     csr(weak, ['-newkey', 'rsa:1024'])
     expectOneLine(await run(['cert', 'issue', 'x', ...h, '--csr', weak]), 'cert issue', /RSA key of 1024 bits is too weak/)
+    // RFC 5480: EC keys name their curve; explicit parameters (which Go, BoringSSL and rustls refuse) are not signed.
+    // A key that cannot be saved leaves no active certificate behind in the inventory.
+    expectOneLine(await run(['cert', 'issue', 'lost-key', ...h, '--key-out', path.join(tmp, 'no-such-dir', 'x.key')]), 'cert issue', /no-such-dir/)
+    expect((await run(['cert', 'list', ...h, '--id', 'lost-key'])).stdout).toBe('no certificates\n')
+    const explicit = path.join(tmp, 'explicit.csr')
+    csr(explicit, ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-pkeyopt', 'ec_param_enc:explicit'])
+    expectOneLine(await run(['cert', 'issue', 'x', ...h, '--csr', explicit]), 'cert issue', /explicit curve parameters are not accepted/)
     expectOneLine(await run(['cert', 'issue', 'x', ...h, '--csr', good, '--kind', 'robot']), 'cert issue', /kind "robot"/)
     expectOneLine(await run(['cert', 'issue', 'x', ...h, '--csr', good, '--days', 'ten']), 'cert issue', /--days "ten"/)
     expectOneLine(await run(['cert', 'issue', 'x', ...h]), 'cert issue', /exactly one of --csr/)
@@ -193,6 +200,7 @@ describe('cert issue, list, revoke and crl with openssl', () => {
     expect((await run(['cert', 'list', ...h, '--status', 'revoked'])).stdout).toBe('no certificates\n')
     expectOneLine(await run(['cert', 'list', ...h, '--status', 'gone']), 'cert list', /--status "gone"/)
     expectOneLine(await run(['cert', 'list', ...h, '--bogus']), 'cert list', /bogus/)
+    expectOneLine(await run(['cert', 'list', '--home=']), 'cert list', /--home needs a directory/)
   })
 
   it('revokes (idempotently, any serial notation), refuses unknown serials, and openssl sees it in the CRL', async () => {

@@ -64,6 +64,19 @@ describe('file store specifics', () => {
     }
   })
 
+  it('breaks an empty lock once it is older than staleLockMs (a crash between creating and writing it)', async () => {
+    const lock = path.join(dir, FILE_STORE_FILES.lock)
+    await fs.writeFile(lock, '')
+    const old = new Date(Date.now() - 60_000)
+    await fs.utimes(lock, old, old)
+    const quick = await openFileStore(dir, { lockTimeoutMs: 2_000, staleLockMs: 30_000 })
+    try {
+      expect(await quick.nextCrlNumber()).toBe(1n)
+    } finally {
+      await quick.close()
+    }
+  })
+
   it('refuses cursors it never handed out', async () => {
     const c = testCert()
     await store.recordIssued([c])
