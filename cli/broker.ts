@@ -2,6 +2,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { initHome, loadHome, openAuthority } from '../ca/index.js'
+import { writeFileAtomic } from '../ca/fsutil.js'
 import { isZtError, ZtError } from '../common/errors.js'
 import { resolveConfig, type ConfigInput } from '../broker/config.js'
 import { startBroker, type RunningBroker, type StartOptions } from '../broker/server.js'
@@ -30,8 +31,9 @@ async function makeDevHome (home: string): Promise<string[]> {
     await fs.mkdir(dir, { recursive: true, mode: 0o700 })
     for (const d of DEV_DEVICES) {
       const b = await authority.issue({ id: d.id, kind: d.kind, groups: d.groups, generateKey: true })
-      await fs.writeFile(path.join(dir, `${d.id}.pem`), b.bundlePem, { mode: 0o644 })
-      await fs.writeFile(path.join(dir, `${d.id}.key`), b.keyPem ?? '', { mode: 0o600 })
+      // The project's atomic writer: a key file is created 0600, never half-written, and never replaces another.
+      await writeFileAtomic(path.join(dir, `${d.id}.key`), b.keyPem ?? '', { mode: 0o600, noClobber: true, operation: 'broker --dev' })
+      await writeFileAtomic(path.join(dir, `${d.id}.pem`), b.bundlePem, { mode: 0o644, noClobber: true, operation: 'broker --dev' })
     }
   } finally {
     await authority.close()
