@@ -13,6 +13,7 @@ import { IdentityReader, trustAnchor, type Identity } from './identity.js'
 import type { BrokerLimits } from './limits.js'
 import type { MetricsRecorder } from './metrics.js'
 import { tlsServerOptions, type TrustMaterial } from './tls.js'
+import { remoteOf } from './plugin.js'
 
 /** Largest request body: a CSR for an RSA-4096 key is about 2 KiB, so this is generous and still bounded. */
 export const ADMIN_MAX_BODY_BYTES = 64 * 1024
@@ -350,11 +351,6 @@ async function readBody (req: IncomingMessage, op: string): Promise<Record<strin
   return parsed as Record<string, unknown>
 }
 
-function remoteOf (req: IncomingMessage): string {
-  const s = req.socket
-  const addr = s.remoteAddress ?? 'unknown'
-  return addr.includes(':') ? `[${addr}]:${s.remotePort ?? 0}` : `${addr}:${s.remotePort ?? 0}`
-}
 
 function send (res: ServerResponse, reply: Reply, close: boolean): void {
   const headers: Record<string, string> = { 'cache-control': 'no-store' }
@@ -404,7 +400,7 @@ export function createAdminServer (o: AdminOptions): https.Server {
     const url = new URL(req.url ?? '/', 'https://admin.invalid')
     const method = req.method ?? 'GET'
     const socket = req.socket as TLSSocket
-    const remote = remoteOf(req)
+    const remote = remoteOf(req.socket)
     let operator: Identity | undefined
     let presented: { id: string | null, serial: string | null, kind: string | null } | undefined
     let route: Route | undefined
@@ -417,7 +413,7 @@ export function createAdminServer (o: AdminOptions): https.Server {
         configured: true,
         tls: true,
         tlsAuthorized: socket.authorized,
-        certificate: socket.getPeerCertificate(true)?.raw,
+        certificate: socket.getPeerCertificate(false)?.raw,
         reader,
         revocation: o.revocation,
         store: o.requireIssuedSerial ? o.store : undefined,

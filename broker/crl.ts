@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { OID_CRL_NUMBER, type Authority } from '../ca/index.js'
 import { oneLine, ZtError } from '../common/errors.js'
 import type { CertStore } from '../store/types.js'
+import { bytesEqual } from '../ca/der.js'
 
 export interface CrlServiceOptions {
   store: Pick<CertStore, 'loadCrl'>
@@ -63,9 +64,6 @@ export async function checkCrl (der: Uint8Array, issuing: x509.X509Certificate):
   return { ok: true, number, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }
 }
 
-function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
-  return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))
-}
 
 /**
  * Keeps the cluster's CRL current and serves it. Any node with the CA key re-signs after a burst of revocations
@@ -132,7 +130,7 @@ export class CrlService {
     }
     const last = this.#served
     if (stored === null) return last?.der ?? null
-    if (last !== undefined && sameBytes(stored.der, last.der)) return last.der
+    if (last !== undefined && bytesEqual(stored.der, last.der)) return last.der
     const check = await checkCrl(stored.der, this.#issuing)
     if (!check.ok) return this.#refuse(check.reason, stored.number)
     if (last !== undefined && check.number <= last.number) return this.#refuse('number-not-higher', check.number)

@@ -3,6 +3,7 @@ import 'reflect-metadata'
 import { createHash, verify as verifySignature, X509Certificate as NodeX509, type KeyObject } from 'node:crypto'
 import * as x509 from '@peculiar/x509'
 import { canonicalSerial, isValidId, MQTT_KINDS, parseSpiffeUri, type Kind } from '../common/ids.js'
+import { bytesEqual } from '../ca/der.js'
 import { describeName, readLeaf, type LeafFields, type LeafKey } from './leaf-der.js'
 
 /** A certificate-backed identity allowed to speak MQTT. */
@@ -66,9 +67,6 @@ const SIGNATURE_HASHES: Record<string, string> = {
   '1.2.840.113549.1.1.13': 'sha512',
 }
 
-function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && Buffer.compare(a, b) === 0
-}
 
 /** Builds the trust anchor from the issuing CA certificate (PEM or DER) and our trust domain. */
 export function trustAnchor (issuingCa: string | Uint8Array, trustDomain: string): TrustAnchor {

@@ -4,7 +4,7 @@
 // again on lookup: about 40 % of the broker's CPU per new connection. The fields the broker needs are few and fixed,
 // so they are read straight from the TLVs with ca/der.ts. Anything malformed throws DerError; the caller turns that
 // into a refusal.
-import { children, DerError, oid, readOid, readTlv, TAG, type Tlv } from '../ca/der.js'
+import { bytesEqual, children, DerError, oid, readOid, readTlv, TAG, type Tlv } from '../ca/der.js'
 
 /** An OID's content bytes, for comparing against a TLV's value without decoding it. */
 const oidValue = (dotted: string): Buffer => Buffer.from(oid(dotted).subarray(2))
@@ -101,9 +101,6 @@ function only (bytes: Uint8Array, tag: number, what: string): Tlv {
   return t
 }
 
-function sameBytes (a: Uint8Array, b: Buffer): boolean {
-  return a.length === b.length && b.equals(a)
-}
 
 const digits = (s: string, from: number, n: number): number => {
   let v = 0
@@ -176,8 +173,8 @@ function readSubject (name: Tlv, cns: string[], ous: string[]): void {
       const [type, value, ...extra] = children(want(atv, TAG.SEQUENCE, 'subject attribute').value)
       if (value === undefined || extra.length > 0) throw new DerError('subject attribute: not a type and a value')
       const typeOid = want(type, TAG.OID, 'subject attribute type').value
-      if (sameBytes(typeOid, OID.commonName)) cns.push(readString(value))
-      else if (sameBytes(typeOid, OID.organizationalUnit)) ous.push(readString(value))
+      if (bytesEqual(typeOid, OID.commonName)) cns.push(readString(value))
+      else if (bytesEqual(typeOid, OID.organizationalUnit)) ous.push(readString(value))
     }
   }
 }
@@ -243,14 +240,14 @@ const GENERAL_NAME_TAGS = new Set([0xa0, 0x81, 0x82, 0xa3, 0xa4, 0xa5, 0x86, 0x8
 
 /** Applies one extension's value to `out`; unknown extensions are left to OpenSSL, as before. */
 function readExtension (id: Uint8Array, value: Uint8Array, out: LeafFields): void {
-  if (sameBytes(id, OID.basicConstraints)) {
+  if (bytesEqual(id, OID.basicConstraints)) {
     const parts = children(only(value, TAG.SEQUENCE, 'basicConstraints').value)
     const ca = parts[0]?.tag === 0x01 ? parts.shift() : undefined
     if (ca !== undefined && ca.value.length !== 1) throw new DerError('basicConstraints: bad BOOLEAN')
     if (parts.length > 1 || (parts.length === 1 && parts[0]?.tag !== TAG.INTEGER)) throw new DerError('basicConstraints: unexpected fields')
     // cA is DEFAULT FALSE: absent means not a CA.
     out.basicConstraintsCa = ca !== undefined && ca.value[0] !== 0
-  } else if (sameBytes(id, OID.keyUsage)) {
+  } else if (bytesEqual(id, OID.keyUsage)) {
     const bitString = only(value, TAG.BIT_STRING, 'keyUsage')
     const unused = bitString.value[0] ?? 8
     if (unused > 7) throw new DerError('keyUsage: bad unused-bits count')
@@ -258,24 +255,24 @@ function readExtension (id: Uint8Array, value: Uint8Array, out: LeafFields): voi
     const used = (bitString.value.length - 1) * 8 - unused
     // Bit 0 (digitalSignature) is the most significant bit of the first octet; bit 5 is keyCertSign.
     out.keyUsage = { digitalSignature: used > 0 && (first & 0x80) !== 0, keyCertSign: used > 5 && (first & 0x04) !== 0 }
-  } else if (sameBytes(id, OID.extKeyUsage)) {
+  } else if (bytesEqual(id, OID.extKeyUsage)) {
     out.clientAuth = false
     for (const purpose of children(only(value, TAG.SEQUENCE, 'extendedKeyUsage').value)) {
-      if (sameBytes(want(purpose, TAG.OID, 'extendedKeyUsage purpose').value, OID.clientAuth)) out.clientAuth = true
+      if (bytesEqual(want(purpose, TAG.OID, 'extendedKeyUsage purpose').value, OID.clientAuth)) out.clientAuth = true
     }
-  } else if (sameBytes(id, OID.subjectAltName)) {
+  } else if (bytesEqual(id, OID.subjectAltName)) {
     for (const name of children(only(value, TAG.SEQUENCE, 'subjectAltName').value)) {
       if (!GENERAL_NAME_TAGS.has(name.tag)) throw new DerError(`subjectAltName: tag 0x${name.tag.toString(16)} is not a GeneralName`)
       // [6] IMPLICIT IA5String uniformResourceIdentifier
       if (name.tag === 0x86) out.uris.push(Buffer.from(name.value).toString('latin1'))
     }
-  } else if (sameBytes(id, OID.authorityKeyId)) {
+  } else if (bytesEqual(id, OID.authorityKeyId)) {
     const parts = children(only(value, TAG.SEQUENCE, 'authorityKeyIdentifier').value)
     // keyIdentifier [0], authorityCertIssuer [1], authorityCertSerialNumber [2]
     if (parts.some((t) => t.tag !== 0x80 && t.tag !== 0xa1 && t.tag !== 0x82)) throw new DerError('authorityKeyIdentifier: unexpected fields')
     const keyId = parts.find((t) => t.tag === 0x80)
     out.authorityKeyId = keyId === undefined ? undefined : Buffer.from(keyId.value).toString('hex')
-  } else if (sameBytes(id, OID.subjectKeyId)) {
+  } else if (bytesEqual(id, OID.subjectKeyId)) {
     // Not used here, but OpenSSL refuses a certificate whose SKI does not decode: so do we.
     only(value, TAG.OCTET_STRING, 'subjectKeyIdentifier')
   }

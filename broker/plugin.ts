@@ -94,7 +94,8 @@ const WILL_SERIAL = 'ztSerial'
 
 type WillPacket = PublishPacket & { clientId?: string, brokerId?: string, [WILL_SERIAL]?: string }
 
-function remoteOf (conn: unknown): string {
+/** `addr:port` of a socket, IPv6 in brackets, for audit lines. */
+export function remoteOf (conn: unknown): string {
   const s = conn as { remoteAddress?: string, remotePort?: number }
   if (typeof s.remoteAddress !== 'string') return 'unknown'
   return s.remoteAddress.includes(':') ? `[${s.remoteAddress}]:${s.remotePort ?? 0}` : `${s.remoteAddress}:${s.remotePort ?? 0}`
@@ -114,16 +115,6 @@ function peerDer (conn: TLSSocket): Uint8Array | undefined {
 }
 
 const MAX_LOGGED_RECEIVE = 64
-
-/**
- * Aedes acts on messages under $SYS/ (another node's heartbeat, birth, and new/clients, which disconnects that
- * client id everywhere), whoever sent them. Clients may be granted $SYS topics to read; publishing there is refused
- * whatever a policy says.
- */
-function isSysTopic (topic: string): boolean {
-  return topic.startsWith('$SYS/') || topic === '$SYS'
-}
-const SYS_RESERVED = Object.freeze({ effect: 'deny' as const, reason: 'sys-reserved', statement: undefined })
 
 type MessageOptions = { readonly qos: Qos, readonly retain: boolean }
 
@@ -279,7 +270,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       if (will !== null && will !== undefined) {
         const bad = checkTopicName(will.topic, topicLimits)
         if (bad !== null) { refuse({ code: CONNACK.notAuthorized, reason: 'will-topic-invalid', detail: `will topic: ${bad}` }, identity); return }
-        const d = isSysTopic(will.topic) ? SYS_RESERVED : authorizer.publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
+        const d = authorizer.publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
         if (d.effect !== 'allow') {
           refuse({ code: CONNACK.notAuthorized, reason: 'will-forbidden', detail: `will topic ${JSON.stringify(will.topic)} is not allowed (${d.reason}${d.statement === undefined ? '' : `, ${d.statement}`})` }, identity)
           return
@@ -340,11 +331,6 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       callback(new Error(`publish: topic refused (${bad})`))
       return
     }
-    if (isSysTopic(packet.topic)) {
-      audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: 'sys-reserved', remote: st.remote })
-      drop(packet, callback)
-      return
-    }
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) {
       audit('warn', 'publish.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: 'revoked', remote: st.remote })
       drop(packet, callback)
@@ -377,7 +363,6 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       if (owner === null || !(owner === record.id || owner.startsWith(`${record.id}:`))) { deny('will-owner-mismatch', record.id); return }
       if (revocation.isRevoked(serial)) { deny('revoked', record.id); return }
       if (checkTopicName(will.topic, topicLimits) !== null) { deny('will-topic-invalid', record.id); return }
-      if (isSysTopic(will.topic)) { deny('sys-reserved', record.id); return }
       const d = compile({ id: record.id, kind: record.kind, groups: record.groups, serial }).publish(will.topic, { qos: (will.qos ?? 0) as Qos, retain: will.retain === true })
       if (d.effect !== 'allow') { deny(d.reason, record.id); return }
       if (will.retain === true) tagPublisher(will, serial, owner)

@@ -4,6 +4,7 @@ import { REVOCATION_REASONS } from '../common/ids.js'
 import type { Revocation } from '../store/types.js'
 import { signingAlgorithm, type CryptoKey, type KeyType } from './keys.js'
 import { addDays } from './profile.js'
+import { integerFromBytes } from './der.js'
 
 /** id-ce-cRLNumber (RFC 5280 section 5.2.3); @peculiar/x509 has no class for it. */
 export const OID_CRL_NUMBER = '2.5.29.20'
@@ -11,13 +12,8 @@ export const OID_CRL_NUMBER = '2.5.29.20'
 /** DER INTEGER of a non-negative bigint, minimal length, with a sign byte when the high bit is set. */
 export function derInteger (value: bigint): Uint8Array {
   if (value < 0n) throw new RangeError('derInteger: negative value')
-  let hex = value.toString(16)
-  if (hex.length % 2 === 1) hex = '0' + hex
-  if (parseInt(hex.slice(0, 2), 16) >= 0x80) hex = '00' + hex
-  const body = Buffer.from(hex, 'hex')
-  // CRL numbers are at most 20 octets (RFC 5280), so the short length form always suffices.
-  if (body.length > 127) throw new RangeError('derInteger: value too large')
-  return new Uint8Array([0x02, body.length, ...body])
+  const hex = value.toString(16)
+  return integerFromBytes(Buffer.from(hex.length % 2 === 1 ? `0${hex}` : hex, 'hex'))
 }
 
 /** Hex serial as the CRL generator wants it: even length, so leading zeros of the canonical form are restored. */

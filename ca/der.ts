@@ -141,3 +141,8 @@ export function readOid (value: Uint8Array): string {
   }
   return parts.join('.')
 }
+
+/** Byte-for-byte equality of two DER values (or any byte strings). */
+export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0
+}

@@ -9,6 +9,7 @@ import {
   type InitOptions, type IssueRequest, type KeyType, type LoadedHome, type OpenAuthorityOptions,
 } from '../ca/index.js'
 import { writeFileAtomic } from '../ca/fsutil.js'
+import { derToPem } from '../ca/leaf.js'
 import type { CertListing, CertStatus, CertStore } from '../store/types.js'
 import type { Command, CommandContext } from './main.js'
 
@@ -339,7 +340,7 @@ const crl: Command = {
     const authority = await openAuthority(ctx.home, authorityOptions(ctx))
     try {
       const der = await authority.crl()
-      const data = flag(ctx, 'der') ? der : pemCrl(der)
+      const data = flag(ctx, 'der') ? der : derToPem(der, 'X509 CRL')
       if (out !== undefined) {
         await writeFileAtomic(path.resolve(out), data, { mode: 0o644, operation: op })
       } else {
@@ -349,11 +350,6 @@ const crl: Command = {
       await authority.close()
     }
   },
-}
-
-function pemCrl (der: Uint8Array): string {
-  const b64 = Buffer.from(der).toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')
-  return `-----BEGIN X509 CRL-----\n${b64}\n-----END X509 CRL-----\n`
 }
 
 export const commands: Command[] = [caInit, caShow, certIssue, certIssueBulk, certList, certRevoke, crl]

@@ -87,6 +87,16 @@ function invalid (problem: string): Decision {
   return freeze({ effect: 'deny', reason: 'invalid', detail: problem })
 }
 
+/**
+ * Aedes acts on messages under $SYS/ whoever sent them: another node's heartbeat and birth, and
+ * `$SYS/<node>/new/clients`, which disconnects that client id on every node. Statements may grant reading $SYS;
+ * publishing there is refused whatever they say, so no policy can hand a client the cluster's control plane.
+ */
+function isSysTopic (topic: string): boolean {
+  return topic.startsWith('$SYS/') || topic === '$SYS'
+}
+const SYS_RESERVED: Decision = freeze({ effect: 'deny', reason: 'sys-reserved', detail: 'nobody publishes under $SYS/: it is the broker\'s own namespace' })
+
 /** Substitutes the identity into one entry; `${group}` yields one filter per group, none without groups. */
 export function substitute (entry: Entry, identity: Identity): FilterLevel[][] {
   const usesGroup = entry.levels.some((l) => typeof l === 'object' && l.variable === 'group')
@@ -328,6 +338,7 @@ class CompiledAuthorizer implements Authorizer {
   }
 
   publish (topic: string, options?: MessageOptions): Decision {
+    if (isSysTopic(topic)) return SYS_RESERVED
     const t = this.#current().publish
     return this.#message(t, this.#publish = this.#cache(this.#publish), topic, options, false)
   }
@@ -406,5 +417,6 @@ export function describeDecision (d: Decision): string {
     case 'condition': return `deny: statement ${JSON.stringify(d.statement)} (${d.entry ?? ''}) matches but its conditions (retain, maxQos) exclude this request`
     case 'invalid': return `deny: invalid request: ${d.detail ?? ''}`
     case 'no-match': return 'deny: no statement allows it (default deny)'
+    case 'sys-reserved': return `deny: ${d.detail ?? 'publishing under $SYS/ is reserved'}`
   }
 }

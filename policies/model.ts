@@ -65,9 +65,10 @@ export type Effect = 'allow' | 'deny'
  * - `denied`: a deny entry matched (deny wins over allow);
  * - `no-match`: nothing allows it (default deny);
  * - `condition`: an allow entry matched the topic but its conditions (retain, maxQos) excluded the request;
- * - `invalid`: the topic or filter is not valid MQTT.
+ * - `invalid`: the topic or filter is not valid MQTT;
+ * - `sys-reserved`: a publish under `$SYS/`, which no statement can allow (Aedes acts on those messages).
  */
-export type Reason = 'allowed' | 'denied' | 'no-match' | 'condition' | 'invalid'
+export type Reason = 'allowed' | 'denied' | 'no-match' | 'condition' | 'invalid' | 'sys-reserved'
 
 /** The answer to one request. Shared and frozen: do not mutate. */
 export interface Decision {

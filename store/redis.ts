@@ -423,7 +423,8 @@ export class RedisCertStore implements CertStore {
   }
 }
 
-function redactUrl (url: string): string {
+/** A Redis URL may carry a password: never print it. */
+export function redactUrl (url: string): string {
   try {
     const u = new URL(url)
     if (u.password !== '') u.password = '***'

@@ -290,6 +290,20 @@ policies:
     expect(a.receive('$SYS/broker/load')).toMatchObject({ effect: 'allow', statement: 'sys-for-ops' })
     expect(a.receive('$SYS/other').effect).toBe('deny')
   })
+
+  it('are never publishable, even by a statement that names them: Aedes acts on $SYS messages', () => {
+    const writer = set(`
+policies:
+  - name: sys-writer
+    allow:
+      publish: ["$SYS/#", "$x/#"]
+`)
+    const a = compileFor(writer, device('d1'))
+    expect(a.publish('$SYS/node-1/new/clients')).toMatchObject({ effect: 'deny', reason: 'sys-reserved' })
+    expect(a.publish('$SYS')).toMatchObject({ effect: 'deny', reason: 'sys-reserved' })
+    expect(a.publish('$x/y')).toMatchObject({ effect: 'allow', statement: 'sys-writer' })
+    expect(describeDecision(a.publish('$SYS/a'))).toMatch(/\$SYS/)
+  })
 })
 
 describe('generations and caching', () => {
