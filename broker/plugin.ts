@@ -106,12 +106,19 @@ function isTlsSocket (conn: unknown): conn is TLSSocket {
 }
 
 /**
- * The client certificate's DER, from the leaf only (not `detailed`, which describes the whole chain). Not
- * getPeerX509Certificate() either: Node 20 copies the rest of the peer's chain (X509_dup) to build it, about twice the
- * cost of this object when the device sends its issuing CA along, as the bundles `cert issue` writes do.
+ * The client certificate's DER. getPeerX509Certificate().raw costs about 7 µs; getPeerCertificate(false), which
+ * builds an object with every field, three fingerprints and the public key, about 50 µs.
  */
 function peerDer (conn: TLSSocket): Uint8Array | undefined {
-  return conn.getPeerCertificate(false)?.raw
+  return conn.getPeerX509Certificate()?.raw
+}
+
+/** Marks sockets accepted by `createServer` (our TLS options: only our CA certificates are trusted). */
+const OUR_TLS: unique symbol = Symbol('aedes-zero-trust.our-tls')
+
+function frozenTlsOptions (o: tls.TlsOptions): tls.TlsOptions {
+  if (Array.isArray(o.ca)) Object.freeze(o.ca)
+  return Object.freeze(o)
 }
 
 const MAX_LOGGED_RECEIVE = 64
@@ -152,7 +159,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     ? undefined
     : (identity) => compileFor(policies, { id: identity.id, kind: identity.kind, groups: identity.groups, serial: identity.serial })
   const compile: AuthorizerFactory = ca === undefined ? denyAllAuthorizer : (options.authorizer ?? fromPolicies ?? ownTopicsAuthorizer)
-  const tlsOptions = ca === undefined ? undefined : tlsServerOptions(ca, limits)
+  // Frozen: createServer vouches that only our CA certificates are trusted (see OUR_TLS), so nobody may add one.
+  const tlsOptions = ca === undefined ? undefined : frozenTlsOptions(tlsServerOptions(ca, limits))
 
   // On the client under a symbol of this instance: a property load, where a WeakMap lookup would cost more twice per message.
   const STATE: unique symbol = Symbol('aedes-zero-trust.state')
@@ -254,6 +262,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       configured: reader !== undefined,
       tls: isTlsSocket(conn),
       tlsAuthorized: isTlsSocket(conn) && conn.authorized,
+      chainVerifiedByOurTls: (conn as { [OUR_TLS]?: boolean })[OUR_TLS] === true,
       certificate: der,
       reader,
       revocation,
@@ -485,7 +494,10 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     tlsOptions,
     createServer () {
       if (tlsOptions === undefined) throw new ZtError('ZT_BAD_CONFIG', 'zeroTrust: no CA configured (options.ca); refusing to serve TLS without one')
-      const server = tls.createServer(tlsOptions, (socket) => { aedes.handle(socket) })
+      const server = tls.createServer(tlsOptions, (socket) => {
+        (socket as { [OUR_TLS]?: boolean })[OUR_TLS] = true
+        aedes.handle(socket)
+      })
       server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
         audit('warn', 'connect.refused', { reason: 'tls-handshake', detail: err.code ?? err.message, remote: remoteOf(socket) })
         // Node emits this on a handshake timeout but leaves the socket open: without destroy() the timeout is moot.

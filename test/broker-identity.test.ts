@@ -102,3 +102,17 @@ test('IdentityReader caches the parse but checks validity dates at every read', 
   expect(reader.size).toBe(2)
   expect(reader.read(undefined)).toMatchObject({ ok: false, reason: 'no-certificate' })
 })
+
+test('a signature our own TLS server verified is not checked again, and that answer never serves a read that needs the check', async () => {
+  const f = await forge(issuer)
+  const tampered = new Uint8Array(f.der)
+  tampered[tampered.length - 1] = (tampered[tampered.length - 1] as number) ^ 0x01 // inside the signature value
+  expect(readIdentity(tampered, anchor)).toMatchObject({ ok: false, reason: 'bad-signature' })
+  const reader = new IdentityReader(anchor, 10)
+  // Only OpenSSL, with a trust store of our two CAs, could have vouched for it: the name and key id checks still run.
+  expect(reader.read(tampered, undefined, { chainVerifiedByOurTls: true }).ok).toBe(true)
+  expect(reader.read(tampered)).toMatchObject({ ok: false, reason: 'bad-signature' })
+  expect(reader.read(tampered, undefined, { chainVerifiedByOurTls: true })).toMatchObject({ ok: false, reason: 'bad-signature' })
+  const other = await foreignIssuer('CN=Someone Else CA')
+  expect(reader.read((await forge(other)).der, undefined, { chainVerifiedByOurTls: true })).toMatchObject({ ok: false, reason: 'foreign-issuer' })
+})

@@ -8,6 +8,7 @@ import { ownTopicsAuthorizer, denyAllAuthorizer } from '../broker/authorizer.js'
 import { resolveConfig } from '../broker/config.js'
 import { bindClientId, decideConnect, type ConnectInput } from '../broker/decide.js'
 import { IdentityReader, trustAnchor } from '../broker/identity.js'
+import { censorSecrets, createLogger, REDACTED_KEYS } from '../broker/server.js'
 import { checkTopicFilter, checkTopicName } from '../broker/topics.js'
 import { isZtError } from '../common/errors.js'
 import { readFileSync } from 'node:fs'
@@ -215,5 +216,30 @@ describe('orphaned wills (authorizePublish with client null, as Aedes calls it f
     } finally {
       await ca.cleanup()
     }
+  })
+})
+
+describe('log censoring', () => {
+  test('secret keys are censored at the top level and one level down, without touching the caller\'s objects', () => {
+    const fields = { id: 'a', passphrase: 'p', nested: { redisUrl: 'redis://u:pw@h', ok: 1 }, list: [{ key: 'k' }] }
+    const out = censorSecrets(fields)
+    expect(out).toEqual({ id: 'a', passphrase: '[redacted]', nested: { redisUrl: '[redacted]', ok: 1 }, list: [{ key: 'k' }] })
+    expect(fields.passphrase).toBe('p')
+    expect(fields.nested.redisUrl).toBe('redis://u:pw@h')
+    const clean = { event: 'connect.accepted', id: 'a', groups: ['g'] }
+    expect(censorSecrets(clean)).toBe(clean)
+    for (const k of REDACTED_KEYS) expect(censorSecrets({ [k]: 'x' })).toEqual({ [k]: '[redacted]' })
+  })
+  test('the broker logger prints no secret', async () => {
+    // A key made here, at test time: nothing secret-looking is committed.
+    const { generateKeyPairSync } = await import('node:crypto')
+    const keyPem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+    const keyBody = keyPem.split('\n')[1] as string
+    const lines: string[] = []
+    const log = createLogger('info', { write: (s: string) => { lines.push(s) } })
+    log.info({ event: 'x', keyPem, cfg: { payload: 'secret-payload' } }, 'x')
+    expect(lines.join('')).not.toContain(keyBody)
+    expect(lines.join('')).not.toContain('secret-payload')
+    expect(JSON.parse(lines[0] as string)).toMatchObject({ keyPem: '[redacted]', cfg: { payload: '[redacted]' } })
   })
 })
