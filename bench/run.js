@@ -4,6 +4,7 @@
 //   npm run bench                       # full: every workload, 3 runs each
 //   npm run bench -- --quick            # every workload once with small counts (under 3 minutes)
 //   npm run bench -- --only connect,publish --runs 5
+//   npm run bench -- --only publish --targets zt,aedes   # only some servers (tuning; ratios need the baselines)
 //   npm run bench -- --keep             # keep the temp dir (bench CA home, broker logs) for inspection
 //   npm run bench -- --profile          # our broker under node --cpu-prof (profiles in bench/results/profiles/)
 //   node bench/run.js --render bench/results/<timestamp>.json   # re-render latest.md/latest.svg from a results file
@@ -39,6 +40,7 @@ try {
     options: {
       quick: { type: 'boolean', default: false },
       only: { type: 'string' },
+      targets: { type: 'string' },
       runs: { type: 'string' },
       rate: { type: 'string' },
       redis: { type: 'string', default: 'redis://127.0.0.1:6379' },
@@ -55,8 +57,9 @@ try {
 }
 if (args.help) {
   console.log([
-    'usage: npm run bench -- [--quick] [--only issuance,connect,publish,idle,revocation,policy] [--runs N] [--rate MSG_PER_S] [--redis URL] [--keep] [--profile]',
+    'usage: npm run bench -- [--quick] [--only issuance,connect,publish,idle,revocation,policy] [--targets zt,floor,aedes,mosquitto] [--runs N] [--rate MSG_PER_S] [--redis URL] [--keep] [--profile]',
     '       node bench/run.js --render bench/results/FILE.json     # re-render latest.md/latest.svg from a results file',
+    '  --targets  run only these servers (A/B runs while tuning; ratios need the baselines)',
     '  --profile  run our broker under node --cpu-prof; profiles go to bench/results/profiles/ (open in Chrome DevTools)',
     '  --docs     also put the tables into README.md (between its bench:results markers)',
   ].join('\n'))
@@ -140,6 +143,11 @@ const quick = args.quick
 const only = args.only === undefined ? null : args.only.split(',').map((s) => s.trim()).filter(Boolean)
 for (const n of only ?? []) {
   if (!WORKLOADS.some((w) => w.name === n)) { console.error(`bench: unknown workload "${n}"; known: ${WORKLOADS.map((w) => w.name).join(', ')}`); process.exit(2) }
+}
+const TARGET_KEYS = ['zt', 'floor', 'aedes', 'mosquitto']
+const onlyTargets = args.targets === undefined ? null : args.targets.split(',').map((s) => s.trim()).filter(Boolean)
+for (const t of onlyTargets ?? []) {
+  if (!TARGET_KEYS.includes(t)) { console.error(`bench: unknown target "${t}"; known: ${TARGET_KEYS.join(', ')}`); process.exit(2) }
 }
 const runs = args.runs !== undefined ? Number(args.runs) : quick ? 1 : 3
 if (!Number.isInteger(runs) || runs < 1 || runs > 20) { console.error('bench: --runs must be an integer from 1 to 20'); process.exit(2) }
@@ -248,7 +256,7 @@ const results = { meta, workloads: {} }
 
 // ---- the runs ------------------------------------------------------------------------------------------------------
 for (const w of selected) {
-  const targets = w.targets.filter((t) => t !== 'mosquitto' || mosquittoVersion !== null)
+  const targets = w.targets.filter((t) => (t !== 'mosquitto' || mosquittoVersion !== null) && (onlyTargets === null || onlyTargets.includes(t)))
   const raw = Object.fromEntries(targets.map((t) => [t, []]))
   const notes = []
   const errors = []
