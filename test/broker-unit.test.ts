@@ -9,9 +9,12 @@ import { resolveConfig } from '../broker/config.js'
 import { bindClientId, decideConnect, type ConnectInput } from '../broker/decide.js'
 import { IdentityReader, trustAnchor } from '../broker/identity.js'
 import { censorSecrets, createLogger, REDACTED_KEYS } from '../broker/server.js'
+import { certificateFromSession, peerCertificateDer } from '../broker/tls.js'
 import { checkTopicFilter, checkTopicName } from '../broker/topics.js'
 import { isZtError } from '../common/errors.js'
 import { readFileSync } from 'node:fs'
+import type { X509Certificate } from 'node:crypto'
+import tls from 'node:tls'
 import * as x509 from '@peculiar/x509'
 import { makeTestCa, type IssuedDevice, type TestCa } from './helpers/pki.js'
 
@@ -241,5 +244,66 @@ describe('log censoring', () => {
     expect(lines.join('')).not.toContain(keyBody)
     expect(lines.join('')).not.toContain('secret-payload')
     expect(JSON.parse(lines[0] as string)).toMatchObject({ keyPem: '[redacted]', cfg: { payload: '[redacted]' } })
+  })
+})
+
+describe('peer certificate from the TLS session', () => {
+  let ca: TestCa
+  let dev: IssuedDevice
+  beforeAll(async () => {
+    ca = await makeTestCa({ serverNames: ['localhost'] })
+    dev = await ca.issueDevice('sess-1')
+  })
+  afterAll(async () => { await ca?.cleanup() })
+
+  /** One connection; resolves with what the server read, and the client's session for a resumption. */
+  async function connectOnce (server: tls.Server, opts: tls.ConnectionOptions): Promise<{ fromSession: Uint8Array | undefined, fromOpenSsl: Uint8Array | undefined, reused: boolean, session: Buffer | undefined }> {
+    const seen = new Promise<{ fromSession: Uint8Array | undefined, fromOpenSsl: Uint8Array | undefined, reused: boolean }>((resolve) => {
+      server.once('secureConnection', (s: tls.TLSSocket) => {
+        s.once('data', () => {
+          resolve({ fromSession: peerCertificateDer(s), fromOpenSsl: s.getPeerX509Certificate()?.raw, reused: s.isSessionReused() })
+          s.end('ok')
+        })
+      })
+    })
+    const port = (server.address() as { port: number }).port
+    let session: Buffer | undefined
+    const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(path.join(ca.home, 'ca.pem'), 'utf8'), cert: dev.bundlePem, key: dev.keyPem, ...opts })
+    c.on('session', (s: Buffer) => { session = s })
+    c.on('secureConnect', () => { c.write('x') })
+    c.on('data', () => {})
+    const r = await seen
+    await new Promise((resolve) => { c.on('close', resolve) })
+    return { ...r, session }
+  }
+
+  for (const version of ['TLSv1.2', 'TLSv1.3'] as const) {
+    test(`${version}: the session's peer certificate is OpenSSL's, fresh and resumed; the buffer is zeroed`, async () => {
+      const read = (f: string): string => readFileSync(path.join(ca.home, f), 'utf8')
+      const server = tls.createServer({ key: read('server.key'), cert: read('server.pem'), ca: [read('issuing.pem'), read('ca.pem')], requestCert: true, rejectUnauthorized: true, minVersion: version, maxVersion: version })
+      await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
+      try {
+        const first = await connectOnce(server, {})
+        expect(first.fromOpenSsl).toBeDefined()
+        expect(Buffer.from(first.fromSession ?? [])).toEqual(Buffer.from(first.fromOpenSsl ?? []))
+        expect(first.session).toBeDefined()
+        const again = await connectOnce(server, { session: first.session })
+        expect(again.reused).toBe(true)
+        expect(Buffer.from(again.fromSession ?? [])).toEqual(Buffer.from(first.fromOpenSsl ?? []))
+      } finally {
+        server.close()
+      }
+      let zeroed: Buffer | undefined
+      const fake = { getSession: () => (zeroed = Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01])), getPeerX509Certificate: () => undefined }
+      expect(peerCertificateDer(fake)).toBeUndefined()
+      expect(zeroed?.every((b) => b === 0)).toBe(true)
+    })
+  }
+
+  test('a session without a peer, or not DER, falls back to OpenSSL', () => {
+    const fallback = { raw: Buffer.from('fallback') } as unknown as X509Certificate
+    expect(certificateFromSession(Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]))).toBeUndefined()
+    expect(peerCertificateDer({ getSession: () => Buffer.from([0x04, 0x00]), getPeerX509Certificate: () => fallback })).toEqual(Buffer.from('fallback'))
+    expect(() => certificateFromSession(Buffer.from([0x30, 0x04, 0xa3, 0x02, 0x04, 0x00]))).toThrow()
   })
 })
