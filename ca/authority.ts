@@ -1,15 +1,14 @@
 // The CA at work: issue (from a CSR or a generated key), revoke, and sign CRLs, with the keys loaded once.
 import { promises as fs } from 'node:fs'
-import * as x509 from '@peculiar/x509'
+import type * as x509 from '@peculiar/x509'
 import { ZtError } from '../common/errors.js'
 import { checkGroup, checkId, checkKind, checkReason, checkSerial, type Kind, type RevocationReason } from '../common/ids.js'
 import type { CertStore, IssuedCert, RevokeResult } from '../store/types.js'
-import { buildCrl } from './crl.js'
 import { verifyCsr } from './csr.js'
 import { loadHome, type LoadedHome } from './home.js'
 import { checkKeyType, generateDeviceKey, loadEncryptedKey, type KeyType, type SigningKeys } from './keys.js'
-import { derToPem, LeafSigner } from './leaf.js'
-import { addDays, BACKDATE_MS, minDate, newSerial, skiOf, VALIDITY_DAYS } from './profile.js'
+import { derToPem, issuingFacts, LeafSigner, type IssuingFacts } from './leaf.js'
+import { addDays, BACKDATE_MS, minDate, newSerial, VALIDITY_DAYS } from './profile.js'
 import { openStore } from './store.js'
 
 export interface IssueRequest {
@@ -78,20 +77,29 @@ function secondsFloor (d: Date): Date {
   return new Date(Math.floor(d.getTime() / 1000) * 1000)
 }
 
+/** @peculiar/x509 (and the CRL builder on it), loaded for CRLs only: issuance reads the issuing CA's DER itself. */
+async function loadCrlTools (): Promise<{ x509: typeof x509, buildCrl: typeof import('./crl.js').buildCrl }> {
+  // tsyringe, under @peculiar/x509, needs the Reflect polyfill first.
+  await import('reflect-metadata')
+  const [lib, { buildCrl }] = await Promise.all([import('@peculiar/x509'), import('./crl.js')])
+  return { x509: lib, buildCrl }
+}
+
 class CaAuthority implements Authority {
   private readonly keyId: string
+  private readonly issuingNotAfter: Date
   private readonly leaves: LeafSigner
 
   constructor (
     readonly home: LoadedHome,
     readonly store: CertStore,
-    private readonly issuing: x509.X509Certificate,
     private readonly keys: SigningKeys,
+    facts: IssuingFacts,
     private readonly ownsStore: boolean,
   ) {
-    this.keyId = skiOf(issuing)
-    // Parsed once per authority: bulk issuance signs thousands of leaves against the same CA.
-    this.leaves = new LeafSigner(home.issuingDer, Buffer.from(this.keyId, 'hex'), keys.keyObject, home.config.keyType, home.config.trustDomain)
+    this.keyId = Buffer.from(facts.keyId).toString('hex')
+    this.issuingNotAfter = facts.notAfter
+    this.leaves = new LeafSigner(home.issuingDer, facts.keyId, keys.keyObject, home.config.keyType, home.config.trustDomain)
   }
 
   async sign (req: IssueRequest, operation = 'cert issue'): Promise<IssuedBundle> {
@@ -119,9 +127,9 @@ class CaAuthority implements Authority {
 
     const now = secondsFloor(new Date())
     const notBefore = new Date(now.getTime() - BACKDATE_MS)
-    const notAfter = secondsFloor(minDate(addDays(now, days), this.issuing.notAfter))
+    const notAfter = secondsFloor(minDate(addDays(now, days), this.issuingNotAfter))
     if (notAfter.getTime() <= now.getTime()) {
-      throw new ZtError('ZT_BAD_CERT', `${operation}: the issuing CA expired on ${this.issuing.notAfter.toISOString()}; nothing can be issued`)
+      throw new ZtError('ZT_BAD_CERT', `${operation}: the issuing CA expired on ${this.issuingNotAfter.toISOString()}; nothing can be issued`)
     }
     const serial = newSerial()
     const der = this.leaves.sign({ serial, id, kind, groups, notBefore, notAfter, spki })
@@ -161,11 +169,12 @@ class CaAuthority implements Authority {
   }
 
   async crl (): Promise<Uint8Array> {
+    const { x509: lib, buildCrl } = await loadCrlTools()
     const { revocations } = await this.store.loadRevocations()
     const number = await this.store.nextCrlNumber()
     const crl = await buildCrl({
-      issuing: this.issuing,
-      signingKey: this.keys.cryptoKey,
+      issuing: new lib.X509Certificate(this.home.issuingPem),
+      signingKey: await this.keys.cryptoKey(),
       keyType: this.home.config.keyType,
       keyId: this.keyId,
       number,
@@ -233,8 +242,9 @@ export async function openAuthority (homeDir: string, options: OpenAuthorityOpti
     throw new ZtError('ZT_NO_HOME', `${op}: cannot read the issuing CA key ${home.paths.issuingKey} (${(err as NodeJS.ErrnoException).code ?? String(err)})`, {}, { cause: err })
   }
   const keys = await loadEncryptedKey(pem, passphrase, home.config.keyType, 'issuing CA', op)
-  const issuing = new x509.X509Certificate(home.issuingPem)
-  if (options.store !== undefined) return new CaAuthority(home, options.store, issuing, keys, false)
+  // Read once per authority, before a store is opened: bulk issuance signs thousands of leaves against the same CA.
+  const facts = issuingFacts(home.issuingDer)
+  if (options.store !== undefined) return new CaAuthority(home, options.store, keys, facts, false)
   const store = await openStore(home, options.redisUrl !== undefined ? { redisUrl: options.redisUrl } : {})
-  return new CaAuthority(home, store, issuing, keys, true)
+  return new CaAuthority(home, store, keys, facts, true)
 }

@@ -1,10 +1,11 @@
 // `cert issue-bulk`: a CSV manifest in, one PEM bundle (and key, when generated) per row out, recorded in batches.
-import { promises as fs } from 'node:fs'
+import { lstatSync, promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 import type { Kind } from '../common/ids.js'
-import type { Authority, IssueRequest, IssuedBundle } from './authority.js'
-import { discardStaged, flushStaged, fsyncDir, stageFileSync, type StagedFile } from './fsutil.js'
+import type { IssuedCert } from '../store/types.js'
+import type { Authority, IssueRequest } from './authority.js'
+import { discardStaged, fsyncDir, linkStaged, stageFileSync, syncStaged, type StagedFile } from './fsutil.js'
 
 const OP = 'cert issue-bulk'
 
@@ -114,15 +115,28 @@ function message (err: unknown): string {
 
 interface Prepared { row: ManifestRow, req: IssueRequest, files: string[] }
 
-/** Reads the row's CSR and checks that its outputs are free; the CA checks id, kind and groups when signing. */
-async function prepare (row: ManifestRow, outDir: string, claimed: Map<string, number>): Promise<Prepared> {
+/** Whether a name is taken; errors other than ENOENT count as free, and linking will report them. */
+function taken (file: string): boolean {
+  try {
+    return lstatSync(file, { throwIfNoEntry: false }) !== undefined
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Reads the row's CSR and checks that its outputs are free; the CA checks id, kind and groups when signing.
+ * Synchronous on purpose: a CSR is a small file in the page cache, and in the thread pool its reads would queue
+ * behind the previous batch's fsyncs, stalling the signing loop that has nothing else to do.
+ */
+function prepare (row: ManifestRow, outDir: string, claimed: Map<string, number>): Prepared {
   const earlier = claimed.get(row.id)
   if (earlier !== undefined) throw new ZtError('ZT_BAD_MANIFEST', `${OP}: id ${JSON.stringify(row.id)} already appears on line ${earlier}`)
   claimed.set(row.id, row.line)
   const req: IssueRequest = { id: row.id, kind: row.kind as Kind, groups: row.groups }
   if (row.csr !== undefined) {
     try {
-      req.csr = await fs.readFile(row.csr)
+      req.csr = readFileSync(row.csr)
     } catch (err) {
       throw new ZtError('ZT_BAD_CSR', `${OP}: cannot read CSR ${row.csr} (${(err as NodeJS.ErrnoException).code ?? message(err)})`, { file: row.csr })
     }
@@ -132,12 +146,29 @@ async function prepare (row: ManifestRow, outDir: string, claimed: Map<string, n
   // Output names are built only from ids the CA accepts, so no '/' or '..' can escape outDir.
   const files = [path.join(outDir, `${row.id}.pem`), ...(req.generateKey === true ? [path.join(outDir, `${row.id}.key`)] : [])]
   for (const f of files) {
-    if (await fs.lstat(f).then(() => true, () => false)) throw new ZtError('ZT_IO', `${OP}: ${f} already exists; refusing to overwrite it`, { file: f })
+    if (taken(f)) throw new ZtError('ZT_IO', `${OP}: ${f} already exists; refusing to overwrite it`, { file: f })
   }
   return { row, req, files }
 }
 
-/** Issues every row of a manifest; see BulkOptions. Outputs of a row appear only once the row is fully done. */
+/** A signed row whose outputs are written under temporary names. */
+interface StagedRow { p: Prepared, record: IssuedCert, files: StagedFile[] }
+
+/** Lets I/O callbacks run (the previous batch's flush and record) between rows of the CPU-bound signing loop. */
+const YIELD_EVERY = 4
+function yieldToIo (): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}
+
+/**
+ * Issues every row of a manifest; see BulkOptions. Outputs of a row appear only once the row is fully done.
+ *
+ * Per batch: sign each row and write its outputs under temporary names; fsync them all in the thread pool while
+ * the next batch is signed; record the rows whose files are durable in the inventory (one write); only then link
+ * each file to its name. The output directory is synced once at the end, before returning. So a recorded
+ * certificate always has its content on disk, no certificate is visible before it is recorded, no output is ever
+ * visible empty or partial, and everything reported issued survives a power cut once this returns.
+ */
 export async function issueBulk (authority: Authority, manifestPath: string, options: BulkOptions): Promise<BulkSummary> {
   const started = Date.now()
   let text: string
@@ -149,8 +180,13 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
   const rows = parseManifest(text, manifestPath)
   if (rows.length === 0) throw new ZtError('ZT_BAD_MANIFEST', `${OP}: manifest ${manifestPath} has no rows`, { file: manifestPath })
   const outDir = path.resolve(options.outDir)
+  // Directories whose entries change: outDir itself (every output's name), and the parent of each directory made here.
+  const dirsToSync = [outDir]
   try {
-    await fs.mkdir(outDir, { recursive: true, mode: 0o700 })
+    const made = await fs.mkdir(outDir, { recursive: true, mode: 0o700 })
+    if (made !== undefined) {
+      for (let d = outDir; d !== path.dirname(made) && d !== path.dirname(d); d = path.dirname(d)) dirsToSync.push(path.dirname(d))
+    }
   } catch (err) {
     throw new ZtError('ZT_IO', `${OP}: cannot create output directory ${outDir} (${(err as NodeJS.ErrnoException).code ?? message(err)})`, { dir: outDir })
   }
@@ -167,61 +203,92 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
     options.onRowError?.(f)
     if (options.stopOnError === true) stopped = true
   }
+  const writeFailure = (s: StagedRow, err: unknown): void => {
+    fail(s.p.row, new ZtError('ZT_IO', `${OP}: cannot write ${s.p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? message(err)})`))
+  }
 
-  const commitBatch = async (staged: Array<{ p: Prepared, files: StagedFile[] }>): Promise<void> => {
-    await Promise.all(staged.map(async ({ p, files }) => {
-      const committed: string[] = []
+  /** fsync (thread pool) → record the durable rows → link them into place. Runs while the next batch is signed. */
+  const commitBatch = async (staged: StagedRow[], doneSoFar: number): Promise<void> => {
+    const synced = await Promise.all(staged.map(async (s) => {
       try {
-        for (let k = 0; k < files.length; k++) { await flushStaged(files[k] as StagedFile, p.files[k] as string); committed.push(p.files[k] as string) }
+        await Promise.all(s.files.map(syncStaged))
+        return true
+      } catch (err) {
+        s.files.forEach(discardStaged)
+        writeFailure(s, err)
+        return false
+      }
+    }))
+    const durable = staged.filter((_, k) => synced[k])
+    try {
+      // Recorded once its content is durable and before it has a name: a certificate never exists outside the
+      // inventory the broker checks, and the inventory never lists one whose file was not written.
+      await authority.store.recordIssued(durable.map((s) => s.record))
+    } catch (err) {
+      durable.forEach((s) => { s.files.forEach(discardStaged) })
+      throw err
+    }
+    for (const s of durable) {
+      const linked: string[] = []
+      try {
+        s.files.forEach((f, k) => { linkStaged(f, s.p.files[k] as string); linked.push(s.p.files[k] as string) })
         issued++
       } catch (err) {
         // A row's key without its certificate (or the reverse) is a half-written output: take it back.
-        for (const f of committed) await fs.rm(f, { force: true })
-        files.forEach(discardStaged)
-        fail(p.row, new ZtError('ZT_IO', `${OP}: cannot write ${p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? message(err)})`))
+        for (const f of linked) await fs.rm(f, { force: true })
+        s.files.forEach(discardStaged)
+        writeFailure(s, err)
       }
-    }))
+    }
+    options.onProgress?.(doneSoFar, rows.length)
   }
   let committing: Promise<void> = Promise.resolve()
 
-  for (let start = 0; start < rows.length && !stopped; start += batchSize) {
-    const batch = rows.slice(start, start + batchSize)
-    // CSR reads overlap; signing is CPU-bound and done in order, so stopOnError stops at the first bad row.
-    const prepared = await Promise.all(batch.map(async (row) => await prepare(row, outDir, claimed).catch((err: unknown) => err as Error)))
-    const good: Array<{ p: Prepared, bundle: IssuedBundle }> = []
-    for (let i = 0; i < batch.length && !stopped; i++) {
-      const row = batch[i] as ManifestRow
-      const p = prepared[i]
-      done++
-      if (p instanceof Error || p === undefined) { fail(row, p); continue }
+  try {
+    for (let start = 0; start < rows.length && !stopped; start += batchSize) {
+      const end = Math.min(rows.length, start + batchSize)
+      const staged: StagedRow[] = []
       try {
-        good.push({ p, bundle: await authority.sign(p.req, OP) })
+        // Signing is CPU-bound and done in order, so stopOnError stops at the first bad row.
+        for (let i = start; i < end && !stopped; i++) {
+          const row = rows[i] as ManifestRow
+          done++
+          let s: StagedRow
+          try {
+            const p = prepare(row, outDir, claimed)
+            const bundle = await authority.sign(p.req, OP)
+            s = { p, record: bundle.record, files: [] }
+            const data = [bundle.bundlePem, ...(bundle.keyPem !== undefined ? [bundle.keyPem] : [])]
+            try {
+              p.files.forEach((f, k) => { s.files.push(stageFileSync(f, data[k] as string, f.endsWith('.key') ? 0o600 : 0o644)) })
+            } catch (err) {
+              s.files.forEach(discardStaged)
+              writeFailure(s, err)
+              continue
+            }
+          } catch (err) {
+            fail(row, err)
+            continue
+          }
+          staged.push(s)
+          if ((i - start) % YIELD_EVERY === YIELD_EVERY - 1) await yieldToIo()
+        }
+        // At most one batch flushing while the next is signed: bounded open files, inventory written in order.
+        await committing
       } catch (err) {
-        fail(row, err)
+        staged.forEach((s) => { s.files.forEach(discardStaged) })
+        throw err
       }
+      committing = commitBatch(staged, done)
+      // Rejections surface at the next await of committing; until then, do not report them as unhandled.
+      committing.catch(() => {})
     }
-    // Recorded before any file appears: a certificate never exists outside the inventory the broker checks.
-    await authority.store.recordIssued(good.map((g) => g.bundle.record))
-    const staged: Array<{ p: Prepared, files: StagedFile[] }> = []
-    for (const { p, bundle } of good) {
-      const data = [bundle.bundlePem, ...(bundle.keyPem !== undefined ? [bundle.keyPem] : [])]
-      const files: StagedFile[] = []
-      try {
-        p.files.forEach((f, k) => { files.push(stageFileSync(f, data[k] as string, f.endsWith('.key') ? 0o600 : 0o644)) })
-        staged.push({ p, files })
-      } catch (err) {
-        files.forEach(discardStaged)
-        fail(p.row, new ZtError('ZT_IO', `${OP}: cannot write ${p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? message(err)})`))
-      }
-    }
-    // The disk flushes of this batch run in the thread pool while the next batch is signed; a batch's files
-    // appear (link) only once flushed, so a visible output is always complete, even after a power cut.
     await committing
-    const doneSoFar = done
-    committing = commitBatch(staged).then(() => options.onProgress?.(doneSoFar, rows.length))
+  } finally {
+    await committing.catch(() => {})
   }
-  await committing
-  await fsyncDir(outDir)
+  // Once for the whole run rather than per file: every name made above, and the directories holding them.
+  await Promise.all(dirsToSync.map(fsyncDir))
   failed.sort((a, b) => a.line - b.line)
   return { total: rows.length, issued, failed, skipped: rows.length - done, elapsedMs: Date.now() - started, outDir }
 }

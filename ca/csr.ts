@@ -1,7 +1,7 @@
 // PKCS#10 requests: parse PEM or DER, refuse weak keys, verify the signature (proof the requester holds the key).
 import { createPublicKey, verify as nodeVerify, type KeyObject } from 'node:crypto'
 import { ZtError } from '../common/errors.js'
-import { children, readOid, readTlv, TAG } from './der.js'
+import { bitString, children, oid, readOid, readTlv, seq, TAG } from './der.js'
 import { describePublicKey, type KeyDescription } from './keys.js'
 
 export interface VerifiedCsr {
@@ -58,9 +58,16 @@ function parseCsr (der: Uint8Array): CsrParts {
 }
 
 const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1'
-const EC_CURVES: Record<string, { crv: string, bytes: number, description: KeyDescription }> = {
-  '1.2.840.10045.3.1.7': { crv: 'P-256', bytes: 32, description: { type: 'ec-p256', label: 'EC P-256' } },
-  '1.3.132.0.34': { crv: 'P-384', bytes: 48, description: { type: 'ec-p384', label: 'EC P-384' } },
+const EC_CURVES: Record<string, { crv: string, bytes: number, description: KeyDescription, algorithm: Uint8Array }> = {
+  '1.2.840.10045.3.1.7': { crv: 'P-256', bytes: 32, description: { type: 'ec-p256', label: 'EC P-256' }, algorithm: seq(oid(OID_EC_PUBLIC_KEY), oid('1.2.840.10045.3.1.7')) },
+  '1.3.132.0.34': { crv: 'P-384', bytes: 48, description: { type: 'ec-p384', label: 'EC P-384' }, algorithm: seq(oid(OID_EC_PUBLIC_KEY), oid('1.3.132.0.34')) },
+}
+
+interface ImportedKey {
+  key: KeyObject
+  description: KeyDescription
+  /** The key's SubjectPublicKeyInfo as node:crypto encodes it, when already known without asking it. */
+  spki?: Uint8Array
 }
 
 /**
@@ -68,7 +75,7 @@ const EC_CURVES: Record<string, { crv: string, bytes: number, description: KeyDe
  * which OpenSSL 3 imports in half the time of its generic SPKI decoder: this is most of the per-certificate cost in
  * bulk issuance. OpenSSL still checks the point is on the curve. Everything else takes the generic path.
  */
-function importKey (spki: Uint8Array, operation: string): { key: KeyObject, description: KeyDescription } {
+function importKey (spki: Uint8Array, operation: string): ImportedKey {
   // The SPKI is checked strictly here because its shape decides what the CA signs: an algorithm and a key, nothing
   // more, a BIT STRING without unused bits, and EC keys that name their curve (RFC 5480 forbids explicit parameters,
   // which Go, BoringSSL and rustls refuse). verifyCsr also re-encodes the key before it goes into a certificate.
@@ -92,7 +99,10 @@ function importKey (spki: Uint8Array, operation: string): { key: KeyObject, desc
         x: Buffer.from(point.subarray(1, 1 + curve.bytes)).toString('base64url'),
         y: Buffer.from(point.subarray(1 + curve.bytes)).toString('base64url'),
       }
-      return { key: createPublicKey({ key: jwk, format: 'jwk' }), description: curve.description }
+      const key = createPublicKey({ key: jwk, format: 'jwk' })
+      // What key.export({ type: 'spki' }) gives for a named-curve key, byte for byte (a test holds it to that),
+      // built here from the point OpenSSL just accepted: the algorithm and curve OIDs and the uncompressed point.
+      return { key, description: curve.description, spki: seq(curve.algorithm, bitString(point)) }
     }
   }
   const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' })
@@ -106,7 +116,7 @@ function importKey (spki: Uint8Array, operation: string): { key: KeyObject, desc
 export function verifyCsr (input: string | Uint8Array, operation: string): VerifiedCsr {
   const der = toDer(input, operation)
   let parts: CsrParts
-  let imported: { key: KeyObject, description: KeyDescription }
+  let imported: ImportedKey
   try {
     parts = parseCsr(der)
     imported = importKey(parts.spki, operation)
@@ -126,5 +136,5 @@ export function verifyCsr (input: string | Uint8Array, operation: string): Verif
   }
   if (!ok) throw new ZtError('ZT_BAD_CSR', `${operation}: the CSR's signature does not verify with its own key (forged or corrupted)`)
   // The certificate carries the key as node:crypto encodes it, never the CSR's own bytes.
-  return { spki: new Uint8Array(key.export({ type: 'spki', format: 'der' })), key: description }
+  return { spki: imported.spki ?? new Uint8Array(key.export({ type: 'spki', format: 'der' })), key: description }
 }

@@ -1,6 +1,6 @@
 // Durable file writes: a reader sees either the old file or the complete new one, never a torn one.
 import { randomBytes } from 'node:crypto'
-import { closeSync, fsync as fsyncCb, openSync, promises as fs, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, fsync as fsyncCb, linkSync, openSync, promises as fs, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 
@@ -13,8 +13,12 @@ export interface AtomicWriteOptions {
   operation?: string
 }
 
+/** Random per process, then counted: unique names without a random draw per file (bulk issuance makes thousands). */
+const TMP_PREFIX = randomBytes(4).toString('hex')
+let tmpCount = 0
+
 function tmpName (file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
+  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${TMP_PREFIX}${(tmpCount++).toString(36)}.tmp`)
 }
 
 /** Syncs a directory so a rename in it survives a crash; some platforms cannot, which is harmless. */
@@ -87,8 +91,9 @@ export interface StagedFile {
 }
 
 /**
- * First half of an atomic write, for batches: the data goes to a temporary file synchronously (no thread-pool
- * round trips per file); flushStaged later fsyncs and links it into place, off the signing thread.
+ * First step of an atomic write, for batches: the data goes to a temporary file synchronously (no thread-pool
+ * round trips per file); syncStaged then fsyncs it in the thread pool, off the signing thread, and linkStaged
+ * gives it its name. Between the two, the caller may record what the file holds: its content is already durable.
  */
 export function stageFileSync (file: string, data: string | Uint8Array, mode: number): StagedFile {
   const tmp = tmpName(file)
@@ -104,8 +109,8 @@ export function stageFileSync (file: string, data: string | Uint8Array, mode: nu
   return { tmp, fd }
 }
 
-/** fsyncs and closes a staged file, then links it into place without replacing anything (EEXIST if taken). */
-export async function flushStaged (staged: StagedFile, file: string): Promise<void> {
+/** fsyncs a staged file in the thread pool and closes it: its content is durable, under its temporary name. */
+export async function syncStaged (staged: StagedFile): Promise<void> {
   try {
     await fsyncFd(staged.fd)
   } finally {
@@ -113,20 +118,34 @@ export async function flushStaged (staged: StagedFile, file: string): Promise<vo
     // The number may be handed to another file at once: a second close (discardStaged) must not touch it.
     staged.fd = -1
   }
+}
+
+/**
+ * Gives a synced staged file its name without replacing anything (EEXIST if taken) and drops the temporary name.
+ * Synchronous: two cheap directory operations, not worth two thread-pool round trips each. The caller syncs the
+ * directory once for all the names it made.
+ */
+export function linkStaged (staged: StagedFile, file: string): void {
+  if (staged.fd >= 0) throw new Error(`linkStaged: ${staged.tmp} was not synced`)
   try {
-    await fs.link(staged.tmp, file)
+    linkSync(staged.tmp, file)
   } finally {
-    await fs.rm(staged.tmp, { force: true })
+    dropName(staged.tmp)
   }
 }
 
-/** Drops a staged file that will not be committed (closing it if flushStaged did not). */
+/** unlink (one syscall, where rmSync adds an lstat), for temporary names: one left behind is only litter. */
+function dropName (file: string): void {
+  try { unlinkSync(file) } catch { /* already gone, or cannot be removed: the output itself is unaffected */ }
+}
+
+/** Drops a staged file that will not be committed (closing it if syncStaged did not). */
 export function discardStaged (staged: StagedFile): void {
   if (staged.fd >= 0) {
     try { closeSync(staged.fd) } catch { /* nothing more to release */ }
     staged.fd = -1
   }
-  rmSync(staged.tmp, { force: true })
+  dropName(staged.tmp)
 }
 
 function fsyncFd (fd: number): Promise<void> {

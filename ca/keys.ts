@@ -77,7 +77,8 @@ export async function exportEncryptedPkcs8Pem (key: CryptoKey, passphrase: strin
 /** A CA key loaded for both signers: node:crypto (leaf hot path) and WebCrypto (@peculiar/x509, CRLs). */
 export interface SigningKeys {
   keyObject: KeyObject
-  cryptoKey: CryptoKey
+  /** The same key imported into WebCrypto, on first use: only CRL signing needs it, and issuance should not pay for it. */
+  cryptoKey (): Promise<CryptoKey>
 }
 
 /**
@@ -91,8 +92,16 @@ export async function loadEncryptedKey (pem: string, passphrase: string, type: K
   } catch {
     throw new ZtError('ZT_BAD_PASSPHRASE', `${operation}: the CA passphrase does not decrypt the ${what} key`, { key: what })
   }
-  const der = keyObject.export({ format: 'der', type: 'pkcs8' })
-  return { keyObject, cryptoKey: await importSigningKey(new Uint8Array(der), type) }
+  // What importing into WebCrypto used to catch at once: a key that is not of the home's type.
+  const actual = describePublicKey(keyObject, operation)
+  if (actual.type !== type) {
+    throw new ZtError('ZT_NO_HOME', `${operation}: the ${what} key is ${actual.label}, but the home says ${type}`, { key: what })
+  }
+  let imported: Promise<CryptoKey> | undefined
+  return {
+    keyObject,
+    cryptoKey: async () => await (imported ??= importSigningKey(new Uint8Array(keyObject.export({ format: 'der', type: 'pkcs8' })), type)),
+  }
 }
 
 export interface KeyDescription {

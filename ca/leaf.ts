@@ -1,7 +1,8 @@
 // Leaf certificate signer: the fixed device profile assembled from pre-encoded DER and signed with node:crypto.
-import { createHash, sign as nodeSign, type KeyObject } from 'node:crypto'
+import { hash, sign as nodeSign, type KeyObject } from 'node:crypto'
+import { ZtError } from '../common/errors.js'
 import { spiffeUri, type Kind } from '../common/ids.js'
-import { bitString, children, explicit, integerFromBytes, octetString, oid, readTlv, seq, set, time, tlv, utf8String } from './der.js'
+import { bitString, children, explicit, integerFromBytes, octetString, oid, readOid, readTlv, seq, set, TAG, time, tlv, utf8String, type Tlv } from './der.js'
 import type { KeyType } from './keys.js'
 
 const OID = {
@@ -22,8 +23,16 @@ const OID = {
 const TRUE = tlv(0x01, new Uint8Array([0xff]))
 const VERSION_3 = explicit(0, integerFromBytes(new Uint8Array([2])))
 
+/** OIDs encoded once: the per-certificate parts below are built for every leaf of a bulk run. */
+const OID_DER = new Map<string, Uint8Array>()
+function oidDer (id: string): Uint8Array {
+  let der = OID_DER.get(id)
+  if (der === undefined) { der = oid(id); OID_DER.set(id, der) }
+  return der
+}
+
 function extension (id: string, critical: boolean, value: Uint8Array): Uint8Array {
-  return critical ? seq(oid(id), TRUE, octetString(value)) : seq(oid(id), octetString(value))
+  return critical ? seq(oidDer(id), TRUE, octetString(value)) : seq(oidDer(id), octetString(value))
 }
 
 /** The constant part of the profile: CA:FALSE and digitalSignature (both critical), clientAuth only. */
@@ -45,7 +54,54 @@ export function keyIdentifier (spki: Uint8Array): Uint8Array {
   const parts = children(readTlv(spki).value)
   const bits = parts[1]
   if (bits === undefined || bits.tag !== 0x03) throw new Error('SubjectPublicKeyInfo without a BIT STRING')
-  return createHash('sha1').update(bits.value.subarray(1)).digest()
+  // One-shot hash: no Hash object per leaf.
+  return hash('sha1', bits.value.subarray(1), 'buffer')
+}
+
+/** What issuing needs from the issuing CA certificate, read straight from its DER (no X.509 library to load). */
+export interface IssuingFacts {
+  /** Its subject key identifier: every leaf's authority key identifier. */
+  keyId: Uint8Array
+  notAfter: Date
+}
+
+function readTime (t: Tlv): Date {
+  const text = Buffer.from(t.value).toString('ascii')
+  // DER: UTCTime YYMMDDHHMMSSZ (years 1950-2049), GeneralizedTime YYYYMMDDHHMMSSZ.
+  const m = (t.tag === TAG.UTC_TIME ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/ : t.tag === TAG.GENERALIZED_TIME ? /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/ : null)?.exec(text)
+  if (m === null || m === undefined) throw new Error(`unreadable time ${JSON.stringify(text)}`)
+  const [y, mo, d, h, mi, s] = m.slice(1).map(Number) as [number, number, number, number, number, number]
+  const year = t.tag === TAG.UTC_TIME ? (y < 50 ? 2000 + y : 1900 + y) : y
+  return new Date(Date.UTC(year, mo - 1, d, h, mi, s))
+}
+
+/** Reads the issuing CA certificate's SKI and notAfter (ZT_BAD_CERT when it has no SKI or cannot be read). */
+export function issuingFacts (der: Uint8Array): IssuingFacts {
+  let keyId: Uint8Array | undefined
+  let notAfter: Date
+  try {
+    // Certificate → TBSCertificate → [[0] version, serial, signature, issuer, validity, subject, spki, ..., [3] extensions]
+    const tbs = children(readTlv(der).value)[0]
+    const fields = tbs === undefined ? [] : children(tbs.value)
+    const validity = fields[fields[0]?.tag === 0xa0 ? 4 : 3]
+    const end = validity?.tag === TAG.SEQUENCE ? children(validity.value)[1] : undefined
+    if (end === undefined) throw new Error('no validity')
+    notAfter = readTime(end)
+    const extensions = fields.find((f) => f.tag === 0xa3)
+    for (const ext of extensions === undefined ? [] : children(readTlv(extensions.value).value)) {
+      const parts = children(ext.value)
+      if (parts[0]?.tag !== TAG.OID || readOid(parts[0].value) !== OID.subjectKeyId) continue
+      const value = parts[parts.length - 1]
+      if (value?.tag === TAG.OCTET_STRING) {
+        const inner = readTlv(value.value)
+        if (inner.tag === TAG.OCTET_STRING) keyId = inner.value
+      }
+    }
+  } catch (err) {
+    throw new ZtError('ZT_BAD_CERT', `load CA: the issuing CA certificate cannot be read (${err instanceof Error ? err.message : String(err)})`, {}, { cause: err })
+  }
+  if (keyId === undefined || keyId.length === 0) throw new ZtError('ZT_BAD_CERT', 'load CA: the issuing CA certificate has no subject key identifier')
+  return { keyId: new Uint8Array(keyId), notAfter }
 }
 
 export interface LeafFields {
@@ -86,8 +142,8 @@ export class LeafSigner {
   /** Returns the leaf certificate's DER. */
   sign (f: LeafFields): Uint8Array {
     const rdns = [
-      ...f.groups.map((g) => set(seq(oid(OID.organizationalUnit), utf8String(g)))),
-      set(seq(oid(OID.commonName), utf8String(f.id))),
+      ...f.groups.map((g) => set(seq(oidDer(OID.organizationalUnit), utf8String(g)))),
+      set(seq(oidDer(OID.commonName), utf8String(f.id))),
     ]
     const san = extension(OID.subjectAltName, false, seq(tlv(0x86, Buffer.from(spiffeUri(this.trustDomain, f.kind, f.id), 'ascii'))))
     const ski = extension(OID.subjectKeyId, false, octetString(keyIdentifier(f.spki)))

@@ -2,9 +2,6 @@
 import 'reflect-metadata'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { oneLine, ZtError } from '../common/errors.js'
-import { commands as brokerCommands } from './broker.js'
-import { commands as caCommands } from './ca.js'
-import { commands as policyCommands } from './policy.js'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
 
@@ -38,18 +35,29 @@ const GLOBAL_OPTIONS: OptionSpec = {
   help: { type: 'boolean', short: 'h' },
 }
 
-const registry: Command[] = [
-  ...caCommands,
-  ...policyCommands,
-  ...brokerCommands,
-]
+type CommandModule = () => Promise<{ commands: Command[] }>
 
-function usage (): string {
+// Command modules are loaded on demand: each pulls in its own dependencies (the CA and @peculiar/x509, the policy
+// engine and its YAML parser, the broker), and a CLI run pays start-up for one of them only.
+const CA: CommandModule = async () => await import('./ca.js')
+const POLICY: CommandModule = async () => await import('./policy.js')
+const BROKER: CommandModule = async () => await import('./broker.js')
+
+/** Which module holds the commands starting with a word; a word not listed (or not found there) loads them all. */
+const MODULE_OF: Readonly<Record<string, CommandModule>> = { ca: CA, cert: CA, crl: CA, policy: POLICY, broker: BROKER }
+
+/** Every command, in the order of the usage text. */
+async function allCommands (): Promise<Command[]> {
+  const modules = await Promise.all([CA(), POLICY(), BROKER()])
+  return modules.flatMap((m) => m.commands)
+}
+
+function usage (registry: readonly Command[]): string {
   return ['usage: aedes-zt [--home DIR] <command>', '', ...registry.map((c) => `  aedes-zt ${c.usage}`)].join('\n') + '\n'
 }
 
-function findCommand (argv: string[]): { command: Command, rest: string[] } | null {
-  // Global options may come before the command words: skip them when matching.
+/** Indexes of the words of argv that are not options: global options may come before the command words. */
+function wordIndexes (argv: string[]): number[] {
   const words: number[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] ?? ''
@@ -57,6 +65,22 @@ function findCommand (argv: string[]): { command: Command, rest: string[] } | nu
     if (a.startsWith('-')) continue
     words.push(i)
   }
+  return words
+}
+
+/** The command argv names, loading only the module its first word points to when that is enough. */
+async function resolveCommand (argv: string[]): Promise<{ command: Command, rest: string[] } | null> {
+  const first = argv[wordIndexes(argv)[0] ?? -1]
+  const module = first !== undefined && Object.hasOwn(MODULE_OF, first) ? MODULE_OF[first] : undefined
+  if (module !== undefined) {
+    const found = findCommand(argv, (await module()).commands)
+    if (found !== null) return found
+  }
+  return findCommand(argv, await allCommands())
+}
+
+function findCommand (argv: string[], registry: readonly Command[]): { command: Command, rest: string[] } | null {
+  const words = wordIndexes(argv)
   let best: Command | null = null
   for (const c of registry) {
     if (c.path.every((w, k) => words[k] !== undefined && argv[words[k] as number] === w) && (best === null || c.path.length > best.path.length)) best = c
@@ -78,10 +102,10 @@ export async function main (argv: string[], io: MainIo = {}): Promise<number> {
   const stderr = io.stderr ?? process.stderr
   const env = io.env ?? process.env
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-    stdout.write(usage())
+    stdout.write(usage(await allCommands()))
     return argv.length === 0 ? 2 : 0
   }
-  const found = findCommand(argv)
+  const found = await resolveCommand(argv)
   if (found === null) {
     stderr.write(`aedes-zt: unknown command "${argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' ')}"; run aedes-zt --help\n`)
     return 2

@@ -3,7 +3,7 @@ import { watch, promises as fs, type FSWatcher } from 'node:fs'
 import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 import { canonicalSerial, checkReason, type RevocationReason } from '../common/ids.js'
-import { writeFileAtomic } from '../ca/fsutil.js'
+import { fsyncDir, writeFileAtomic } from '../ca/fsutil.js'
 import type {
   CertListFilter, CertListing, CertStore, FeedEntry, IssuedCert, Revocation, RevokeResult, StoredCrl,
 } from './types.js'
@@ -91,17 +91,32 @@ class JsonlFile<T> {
   async append (values: readonly unknown[]): Promise<void> {
     if (values.length === 0) return
     await this.refresh()
+    const at = this.offset
+    const lines = values.map((v) => JSON.stringify(v) + '\n')
+    const text = Buffer.from(lines.join(''), 'utf8')
     const handle = await fs.open(this.file, 'r+')
     try {
       const { size } = await handle.stat()
-      if (size > this.offset) await handle.truncate(this.offset)
-      const text = values.map((v) => JSON.stringify(v) + '\n').join('')
-      await handle.write(text, this.offset, 'utf8')
+      if (size > at) await handle.truncate(at)
+      await handle.write(text, 0, text.length, at)
       await handle.sync()
     } finally {
       await handle.close()
     }
-    await this.refresh()
+    // Nobody else writes under the lock, so the file now ends with exactly these lines: mirror them from memory
+    // instead of reading them back. A refresh that ran meanwhile (a reader in this process) may have taken some
+    // already; then let refresh() sort it out from the file.
+    await this.refreshing?.catch(() => {})
+    if (this.offset !== at) {
+      await this.refresh()
+      return
+    }
+    let end = at
+    for (const line of lines) {
+      end += Buffer.byteLength(line, 'utf8')
+      this.onLine(JSON.parse(line) as T, end)
+      this.offset = end
+    }
   }
 }
 
@@ -166,9 +181,21 @@ export class FileCertStore implements CertStore {
   /** Creates the directory and files when missing and loads the mirror. */
   async open (): Promise<this> {
     try {
-      await fs.mkdir(this.dir, { recursive: true, mode: 0o700 })
+      const made = await fs.mkdir(this.dir, { recursive: true, mode: 0o700 })
+      let created = made !== undefined
       for (const file of [this.files.inventory, this.files.revocations]) {
-        await (await fs.open(file, 'a', 0o600)).close()
+        try {
+          await (await fs.open(file, 'wx', 0o600)).close()
+          created = true
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+        }
+      }
+      if (created) {
+        // A new log's name (and a new store directory's) must be durable too, or fsynced records could vanish with it.
+        const dirs = [this.dir]
+        if (made !== undefined) for (let d = this.dir; d !== path.dirname(made) && d !== path.dirname(d); d = path.dirname(d)) dirs.push(path.dirname(d))
+        await Promise.all(dirs.map(fsyncDir))
       }
       await Promise.all([this.inventory.refresh(), this.revocationLog.refresh()])
     } catch (err) {
@@ -194,7 +221,8 @@ export class FileCertStore implements CertStore {
       } catch (err) {
         throw storeError(operation, err)
       } finally {
-        await fs.rm(this.files.lock, { force: true })
+        // unlink alone: rm would lstat first, one more thread-pool round trip on every store write.
+        await fs.unlink(this.files.lock).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
       }
     } finally {
       release()

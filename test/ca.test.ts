@@ -1,14 +1,17 @@
 // The CA as a library: home layout and modes, passphrases, the certificate profiles, CSR checks, CRLs, bulk issuance.
 import { execFileSync } from 'node:child_process'
+import { createPublicKey, webcrypto, X509Certificate } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import * as x509 from '@peculiar/x509'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { initHome, issueBulk, loadHome, openAuthority, parseManifest, verifyCsr } from '../ca/index.js'
+import { initHome, issueBulk, loadHome, openAuthority, parseManifest, verifyCsr, type Authority } from '../ca/index.js'
+import { issuingFacts } from '../ca/leaf.js'
 import { ZtError } from '../common/errors.js'
 import { canonicalSerial } from '../common/ids.js'
+import type { CertStore, IssuedCert } from '../store/types.js'
 import { makeTestCa, TEST_PASSPHRASE, type TestCa } from './helpers/pki.js'
 
 function openssl (args: string[], input?: string | Uint8Array): string {
@@ -162,6 +165,31 @@ describe('issuance', () => {
     }
   })
 
+  it('reads the issuing CA SKI and notAfter from DER as @peculiar/x509 does, GeneralizedTime included', async () => {
+    const facts = issuingFacts(ca.authority.home.issuingDer)
+    expect(Buffer.from(facts.keyId).toString('hex')).toBe(issuing.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId)
+    expect(facts.notAfter.toISOString()).toBe(issuing.notAfter.toISOString())
+    const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign', 'verify'])
+    const make = async (extensions: x509.Extension[]): Promise<Uint8Array> => new Uint8Array((await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: '01', name: 'CN=t', notBefore: new Date('2049-06-01T00:00:00Z'), notAfter: new Date('2061-02-03T04:05:06Z'), keys, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' }, extensions,
+    })).rawData)
+    const late = issuingFacts(await make([await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)]))
+    expect(late.notAfter.toISOString()).toBe('2061-02-03T04:05:06.000Z')
+    expect((await caught(async () => issuingFacts(await make([])))).code).toBe('ZT_BAD_CERT')
+    expect((await caught(() => issuingFacts(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01])))).code).toBe('ZT_BAD_CERT')
+  })
+
+  it('puts the CSR key in the certificate exactly as node:crypto encodes it (P-256, P-384, RSA)', () => {
+    for (const args of [P256, ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384'], ['-newkey', 'rsa:2048']]) {
+      for (let i = 0; i < 3; i++) {
+        const csr = new x509.Pkcs10CertificateRequest(opensslCsr(args).toString())
+        const spki = Buffer.from(csr.publicKey.rawData)
+        const expected = createPublicKey({ key: spki, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' })
+        expect(Buffer.from(verifyCsr(Buffer.from(csr.rawData), 'x').spki)).toEqual(expected)
+      }
+    }
+  })
+
   it('refuses weak keys, forged and unreadable CSRs, and bad ids, kinds, groups and days', async () => {
     const rsa1024 = await caught(() => verifyCsr(opensslCsr(['-newkey', 'rsa:1024']), 'cert issue'))
     expect([rsa1024.code, rsa1024.message]).toEqual(['ZT_WEAK_KEY', 'cert issue: RSA key of 1024 bits is too weak (at least 2048)'])
@@ -297,6 +325,77 @@ describe('issue-bulk', () => {
     expect(again.issued).toBe(0)
     expect(again.failed.find((f) => f.id === 'ok')?.message).toContain('already exists')
     expect((await ca.authority.store.list()).length).toBe(3)
+  })
+
+  /** The test CA's authority with its store's recordIssued replaced. */
+  function withRecord (record: (certs: readonly IssuedCert[], real: CertStore) => Promise<void>): Authority {
+    const real = ca.authority.store
+    const store = new Proxy(real, {
+      get (t, k) {
+        if (k === 'recordIssued') return async (certs: readonly IssuedCert[]) => { await record(certs, t) }
+        const v: unknown = Reflect.get(t, k)
+        return typeof v === 'function' ? v.bind(t) : v
+      },
+    })
+    return new Proxy(ca.authority, {
+      get (t, k) {
+        if (k === 'store') return store
+        const v: unknown = Reflect.get(t, k)
+        return typeof v === 'function' ? v.bind(t) : v
+      },
+    })
+  }
+
+  async function manifestOf (dir: string, ids: string[]): Promise<string> {
+    await fs.mkdir(path.join(dir, 'csr'), { recursive: true })
+    await fs.writeFile(path.join(dir, 'csr/x.pem'), opensslCsrCached)
+    await fs.writeFile(path.join(dir, 'm.csv'), ids.map((id) => `${id},,,${id.startsWith('gen') ? '' : 'csr/x.pem'}`).join('\n'))
+    return path.join(dir, 'm.csv')
+  }
+
+  it('records a batch once its files are written and flushed, and names no file before it is recorded', async () => {
+    const dir = path.join(tmp, 'bulk-order')
+    const ids = ['o1', 'o2', 'gen3', 'o4', 'o5']
+    const out = path.join(dir, 'out')
+    const batches: string[][] = []
+    const authority = withRecord(async (certs, real) => {
+      const names = await fs.readdir(out)
+      for (const c of certs) {
+        // Not visible under its name yet...
+        expect(names).not.toContain(`${c.id}.pem`)
+        expect(names).not.toContain(`${c.id}.key`)
+        // ...but written in full under a temporary one: the certificate the record describes.
+        const tmpPem = names.filter((n) => n.startsWith(`.${c.id}.pem.`) && n.endsWith('.tmp'))
+        expect(tmpPem).toHaveLength(1)
+        const cert = new X509Certificate(await fs.readFile(path.join(out, tmpPem[0] as string)))
+        expect(cert.serialNumber.toLowerCase()).toBe(c.serial)
+        if (c.id.startsWith('gen')) expect(names.filter((n) => n.startsWith(`.${c.id}.key.`))).toHaveLength(1)
+      }
+      batches.push(certs.map((c) => c.id))
+      await real.recordIssued(certs)
+    })
+    const s = await issueBulk(authority, await manifestOf(dir, ids), { outDir: out, batchSize: 2 })
+    expect([s.issued, s.failed.length]).toEqual([5, 0])
+    expect(batches).toEqual([['o1', 'o2'], ['gen3', 'o4'], ['o5']])
+    expect((await fs.readdir(out)).sort()).toEqual(['gen3.key', 'gen3.pem', 'o1.pem', 'o2.pem', 'o4.pem', 'o5.pem'])
+    for (const id of ['o1', 'gen3', 'o5']) {
+      const cert = new X509Certificate(await fs.readFile(path.join(out, `${id}.pem`)))
+      expect(await ca.authority.store.getIssued(cert.serialNumber.toLowerCase())).not.toBeNull()
+    }
+  })
+
+  it("stops when the inventory cannot be written, leaving neither that batch's files nor temporary ones", async () => {
+    const dir = path.join(tmp, 'bulk-store-down')
+    const out = path.join(dir, 'out')
+    let calls = 0
+    const authority = withRecord(async (certs, real) => {
+      if (++calls === 2) throw new ZtError('ZT_STORE_UNAVAILABLE', 'record issued: file store unavailable (EIO)')
+      await real.recordIssued(certs)
+    })
+    const err = await caught(issueBulk(authority, await manifestOf(dir, ['d1', 'd2', 'd3', 'gen4', 'd5', 'd6']), { outDir: out, batchSize: 2 }))
+    expect(err.code).toBe('ZT_STORE_UNAVAILABLE')
+    // The first batch was recorded and named; nothing after it, and no temporary file is left behind.
+    expect((await fs.readdir(out)).sort()).toEqual(['d1.pem', 'd2.pem'])
   })
 
   it('stops at the first bad row with stopOnError', async () => {

@@ -264,6 +264,19 @@ describe('cert issue-bulk', () => {
   })
 })
 
+describe('command dispatch', () => {
+  it("lists every module's commands in --help and refuses unknown ones whatever their first word", async () => {
+    const help = await run(['--help'])
+    expect(help.code).toBe(0)
+    for (const c of ['ca init', 'cert issue-bulk', 'crl', 'policy check', 'policy explain', 'broker']) expect(help.stdout).toContain(`\n  aedes-zt ${c} `)
+    for (const argv of [['--home', home, 'frobnicate'], ['cert', 'frobnicate'], ['policy']]) {
+      const r = await run(argv)
+      expect(r.code, argv.join(' ')).toBe(2)
+      expect(r.stderr).toMatch(/^aedes-zt: unknown command "[^"]+"; run aedes-zt --help\n$/)
+    }
+  })
+})
+
 describe('the real binary', () => {
   it('exits non-zero with one line and no stack trace', () => {
     const bin = path.join(ROOT, 'bin', 'aedes-zt.js')
