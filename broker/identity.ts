@@ -2,7 +2,7 @@
 import 'reflect-metadata'
 import { createHash, verify as verifySignature, X509Certificate as NodeX509, type KeyObject } from 'node:crypto'
 import * as x509 from '@peculiar/x509'
-import { canonicalSerial, isValidId, MQTT_KINDS, parseSpiffeUri, type Kind } from '../common/ids.js'
+import { canonicalSerial, isValidId, KINDS, MQTT_KINDS, parseSpiffeUri, type Kind } from '../common/ids.js'
 import { bytesEqual } from '../ca/der.js'
 import { describeName, readLeaf, type LeafFields, type LeafKey } from './leaf-der.js'
 
@@ -89,6 +89,26 @@ export function trustAnchor (issuingCa: string | Uint8Array, trustDomain: string
     issuer,
     issuerKey: issuer.publicKey,
   }
+}
+
+/**
+ * Frozen group lists shared by the identities that have the same one: a fleet has a handful of distinct lists and
+ * thousands of certificates, each of which is cached and held by its connections. Immutable, so sharing is safe.
+ * Bounded: past MAX_SHARED_GROUP_LISTS distinct lists, new ones are simply not shared.
+ */
+const SHARED_GROUP_LISTS = new Map<string, readonly string[]>()
+const MAX_SHARED_GROUP_LISTS = 1_024
+const NO_GROUPS: readonly string[] = Object.freeze([])
+
+function sharedGroups (groups: string[]): readonly string[] {
+  if (groups.length === 0) return NO_GROUPS
+  // Groups are in the id alphabet, which has no '/': the joined key is unambiguous.
+  const key = groups.join('/')
+  const shared = SHARED_GROUP_LISTS.get(key)
+  if (shared !== undefined) return shared
+  const list = Object.freeze(groups)
+  if (SHARED_GROUP_LISTS.size < MAX_SHARED_GROUP_LISTS) SHARED_GROUP_LISTS.set(key, list)
+  return list
 }
 
 function refuse (reason: IdentityRefusal, detail: string): IdentityResult {
@@ -195,10 +215,11 @@ function readFingerprinted (der: Uint8Array, fingerprint: string, anchor: TrustA
     ok: true,
     identity: Object.freeze({
       id: spiffe.id,
-      kind: spiffe.kind,
-      groups: Object.freeze(groups),
+      // The shared constants rather than the substrings of this certificate's URI (equal values).
+      kind: KINDS.find((k) => k === spiffe.kind) ?? spiffe.kind,
+      groups: sharedGroups(groups),
       serial,
-      trustDomain: spiffe.trustDomain,
+      trustDomain: anchor.trustDomain,
       fingerprint,
       notBefore: cert.notBefore,
       notAfter: cert.notAfter,
@@ -211,12 +232,6 @@ export function checkValidity (identity: Identity, now: Date = new Date()): Iden
   if (now.getTime() < identity.notBefore.getTime()) return refuse('not-yet-valid', `certificate is valid from ${identity.notBefore.toISOString()}`)
   if (now.getTime() > identity.notAfter.getTime()) return refuse('expired', `certificate expired at ${identity.notAfter.toISOString()}`)
   return { ok: true, identity }
-}
-
-/** A cached answer, and whether the leaf's signature was checked by us when it was computed. */
-interface CachedIdentity {
-  result: IdentityResult
-  signatureChecked: boolean
 }
 
 /** How the TLS layer in front of a read was set up. */
@@ -239,7 +254,10 @@ export class IdentityReader {
   readonly #anchor: TrustAnchor
   readonly #max: number
   readonly #kinds: readonly Kind[]
-  readonly #cache = new Map<string, CachedIdentity>()
+  /** Per fingerprint: the identity itself when the certificate is acceptable (no result wrapper per entry), else the refusal. */
+  readonly #cache = new Map<string, Identity | IdentityResult>()
+  /** Identities whose leaf signature we checked ourselves; the others were vouched for by our own TLS server only. */
+  readonly #signatureChecked = new WeakSet<Identity>()
 
   /** `kinds`: see readIdentity; the cache holds answers for these kinds only, so each use needs its own reader. */
   constructor (anchor: TrustAnchor, maxEntries = 10_000, kinds: readonly Kind[] = MQTT_KINDS) {
@@ -259,16 +277,18 @@ export class IdentityReader {
       // Map order is insertion order: re-inserting makes this the most recently used entry.
       this.#cache.delete(key)
     }
-    if (entry === undefined || (checkSignature && !entry.signatureChecked)) {
-      entry = { result: readFingerprinted(der, key, this.#anchor, this.#kinds, checkSignature), signatureChecked: checkSignature }
+    // A refusal stays a refusal; an acceptance made without our signature check is redone when one is needed.
+    if (entry === undefined || (checkSignature && !('ok' in entry) && !this.#signatureChecked.has(entry))) {
+      const result = readFingerprinted(der, key, this.#anchor, this.#kinds, checkSignature)
+      entry = result.ok ? result.identity : result
+      if (result.ok && checkSignature) this.#signatureChecked.add(result.identity)
     }
     this.#cache.set(key, entry)
     if (this.#cache.size > this.#max) {
       const oldest = this.#cache.keys().next().value
       if (oldest !== undefined) this.#cache.delete(oldest)
     }
-    const result = entry.result
-    return result.ok ? checkValidity(result.identity, now) : result
+    return 'ok' in entry ? entry : checkValidity(entry, now)
   }
 
   get size (): number { return this.#cache.size }

@@ -70,17 +70,26 @@ export interface ZeroTrust {
   detach (): void
 }
 
-interface ConnState extends ConnectionInfo {
-  authorizer: Authorizer
-  /** Receive denials already logged on this connection, so a busy topic cannot flood the audit log. */
-  loggedReceive: Set<string>
+/**
+ * Everything the plugin keeps for one connection, from aedes.handle on, in one object on the client (the guard finds
+ * it on the parser too). Idle connections are the common case, so nothing here is made before it is needed.
+ */
+interface Conn extends GuardState {
+  readonly remote: string
+  /** The client id as sent in CONNECT, until it is bound to the certificate. */
+  rawClientId: string
+  /** Set when the connection is admitted, with clientId and authorizer: until then it is pending. */
+  identity: Identity | undefined
+  clientId: string
+  authorizer: Authorizer | undefined
+  /** Date.now() at admission; a Date is made only when someone asks (`connection()`). */
+  connectedAtMs: number
+  /** Receive denials already logged on this connection, so a busy topic cannot flood the audit log; made at the first. */
+  loggedReceive: Set<string> | undefined
 }
 
-interface PendingConnect {
-  guard: GuardState
-  rawClientId: string
-  protocolVersion: number
-}
+/** An admitted connection. */
+type ConnState = Conn & { identity: Identity, authorizer: Authorizer }
 
 /** Marks an Aedes client hook error with a CONNACK code (Aedes reads `returnCode`). */
 function connackError (code: number, message: string): AuthenticateError {
@@ -156,12 +165,17 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
 
   // On the client under a symbol of this instance: a property load, where a WeakMap lookup would cost more twice per message.
   const STATE: unique symbol = Symbol('aedes-zero-trust.state')
+  /** The connection's record from aedes.handle on, admitted or not. */
+  const connOf = (client: Client): Conn | undefined => (client as unknown as { [STATE]?: Conn })[STATE]
   const states = {
-    get: (client: Client): ConnState | undefined => (client as unknown as { [STATE]?: ConnState })[STATE],
-    set: (client: Client, st: ConnState): void => { (client as unknown as { [STATE]?: ConnState })[STATE] = st },
+    /** The connection's record once admitted; undefined before (and for clients not set up through aedes.handle). */
+    get: (client: Client): ConnState | undefined => {
+      const c = (client as unknown as { [STATE]?: Conn })[STATE]
+      return c === undefined || c.identity === undefined ? undefined : c as ConnState
+    },
   }
-  const pending = new WeakMap<Client, PendingConnect>()
-  const bySerial = new Map<string, Set<Client>>()
+  /** Live admitted clients by certificate serial: the client itself while it is the only one, a Set beyond. */
+  const bySerial = new Map<string, Client | Set<Client>>()
   /** Clients refused at CONNECT: their closing error is already in the audit log as connect.refused. */
   const refused = new WeakSet<Client>()
   const topicLimits = { maxTopicBytes: limits.maxTopicBytes, maxTopicLevels: limits.maxTopicLevels }
@@ -185,43 +199,70 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   }
 
   // ---- connection setup: limits inside the parser, before the first byte is parsed --------------------------------
+  // Shared by every connection (the guard passes the connection's record), so none needs closures of its own.
+  const onViolation = (err: GuardError, state: GuardState): void => {
+    const c = state as Conn
+    audit('warn', 'protocol.violation', { id: c.identity?.id ?? null, serial: c.identity?.serial ?? null, reason: err.violation, detail: err.message, remote: c.remote })
+  }
+  /** 'close' listener of a socket whose Aedes client is `socket.client` (Aedes sets it): one function for all. */
+  function forgetSocket (this: { client?: Client }): void {
+    if (this.client !== undefined) forget(this.client)
+  }
+
   const originalHandle = aedes.handle
   aedes.handle = function handle (conn, req) {
     const client = originalHandle(conn, req)
-    const guard: GuardState = { authenticated: false, bytesBeforeAuth: 0 }
-    const remote = remoteOf(conn)
-    const ok = installGuard((client as unknown as { _parser: unknown })._parser, limits, guard, (err: GuardError) => {
-      const st = states.get(client)
-      audit('warn', 'protocol.violation', { id: st?.identity.id ?? null, serial: st?.identity.serial ?? null, reason: err.violation, detail: err.message, remote })
-    })
-    if (!ok) {
-      audit('warn', 'connect.refused', { reason: 'guard-unavailable', detail: 'the MQTT parser does not expose the hooks the byte limits need', remote })
+    const c: Conn = {
+      authenticated: false,
+      bytesBeforeAuth: 0,
+      limits,
+      onViolation,
+      remote: remoteOf(conn),
+      rawClientId: '',
+      identity: undefined,
+      clientId: '',
+      authorizer: undefined,
+      connectedAtMs: 0,
+      loggedReceive: undefined,
+    }
+    if (!installGuard((client as unknown as { _parser: unknown })._parser, c)) {
+      audit('warn', 'connect.refused', { reason: 'guard-unavailable', detail: 'the MQTT parser does not expose the hooks the byte limits need', remote: c.remote })
       conn.destroy()
       return client
     }
-    pending.set(client, { guard, rawClientId: '', protocolVersion: 0 })
+    ;(client as unknown as { [STATE]?: Conn })[STATE] = c
     if (isTlsSocket(conn)) hardenTlsSocket(conn)
-    conn.once('close', () => forget(client))
+    if ((conn as { client?: unknown }).client === client) conn.on('close', forgetSocket)
+    else conn.once('close', () => { forget(client) })
     return client
+  }
+
+  function track (serial: string, client: Client): void {
+    const cur = bySerial.get(serial)
+    if (cur === undefined) bySerial.set(serial, client)
+    else if (cur instanceof Set) cur.add(client)
+    else if (cur !== client) bySerial.set(serial, new Set([cur, client]))
   }
 
   function forget (client: Client): void {
     const st = states.get(client)
     if (st === undefined) return
     metrics?.connectionClosed(st.identity.kind)
-    const set = bySerial.get(st.identity.serial)
-    set?.delete(client)
-    if (set !== undefined && set.size === 0) bySerial.delete(st.identity.serial)
+    const serial = st.identity.serial
+    const cur = bySerial.get(serial)
+    if (cur === client) {
+      bySerial.delete(serial)
+    } else if (cur instanceof Set) {
+      cur.delete(client)
+      if (cur.size === 0) bySerial.delete(serial)
+    }
   }
 
   // ---- CONNECT ------------------------------------------------------------------------------------------------------
   const previousPreConnect = aedes.preConnect
   aedes.preConnect = function preConnect (client, packet: ConnectPacket, callback) {
-    const p = pending.get(client)
-    if (p !== undefined) {
-      p.rawClientId = typeof packet.clientId === 'string' ? packet.clientId : ''
-      p.protocolVersion = packet.protocolVersion ?? 0
-    }
+    const p = connOf(client)
+    if (p !== undefined) p.rawClientId = typeof packet.clientId === 'string' ? packet.clientId : ''
     if (packet.protocolVersion !== 3 && packet.protocolVersion !== 4) {
       // Aedes answers CONNACK 1 itself; the audit line is ours.
       refused.add(client)
@@ -233,7 +274,7 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   aedes.authenticate = function authenticate (client, _username, _password, callback) {
     // Username and password are ignored by design: the certificate is the only credential.
     const remote = remoteOf(client.conn)
-    const p = pending.get(client)
+    const p = connOf(client)
     let answered = false
     const refuse = (r: ConnectRefusal, identity?: Identity): void => {
       answered = true
@@ -279,12 +320,12 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
         will[WILL_SERIAL] = identity.serial
       }
       ;(client as { id: string }).id = bound.clientId
-      const st: ConnState = { identity, clientId: bound.clientId, remote, connectedAt: new Date(), authorizer, loggedReceive: new Set() }
-      states.set(client, st)
-      let set = bySerial.get(identity.serial)
-      if (set === undefined) { set = new Set(); bySerial.set(identity.serial, set) }
-      set.add(client)
-      p.guard.authenticated = true
+      p.clientId = bound.clientId
+      p.authorizer = authorizer
+      p.connectedAtMs = Date.now()
+      p.identity = identity // admitted from here on: states.get(client) answers
+      track(identity.serial, client)
+      p.authenticated = true
       audit('info', 'connect.accepted', { id: identity.id, serial: identity.serial, kind: identity.kind, groups: identity.groups, clientId: bound.clientId, clean: client.clean, remote, reason: 'certificate' })
       answered = true
       callback(null, true)
@@ -438,8 +479,9 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) return null
     const d = st.authorizer.receive(packet.topic, messageOptions(packet.qos, packet.retain))
     if (d.effect === 'allow') return packet
-    if (!st.loggedReceive.has(packet.topic) && st.loggedReceive.size < MAX_LOGGED_RECEIVE) {
-      st.loggedReceive.add(packet.topic)
+    const logged = st.loggedReceive ??= new Set()
+    if (!logged.has(packet.topic) && logged.size < MAX_LOGGED_RECEIVE) {
+      logged.add(packet.topic)
       audit('warn', 'receive.denied', { id: st.identity.id, serial: st.identity.serial, topic: packet.topic, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
     } else {
       // The log is throttled per topic; the counter is not.
@@ -459,9 +501,9 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   }
 
   function cutOff (serial: string): number {
-    const set = bySerial.get(serial)
-    if (set === undefined) return 0
-    const clients = [...set]
+    const cur = bySerial.get(serial)
+    if (cur === undefined) return 0
+    const clients = cur instanceof Set ? [...cur] : [cur]
     bySerial.delete(serial)
     for (const client of clients) cutOffClient(client)
     return clients.length
@@ -499,11 +541,11 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     },
     connection (client) {
       const st = states.get(client)
-      return st === undefined ? undefined : { identity: st.identity, clientId: st.clientId, remote: st.remote, connectedAt: st.connectedAt }
+      return st === undefined ? undefined : { identity: st.identity, clientId: st.clientId, remote: st.remote, connectedAt: new Date(st.connectedAtMs) }
     },
     get connections () {
       let n = 0
-      for (const set of bySerial.values()) n += set.size
+      for (const cur of bySerial.values()) n += cur instanceof Set ? cur.size : 1
       return n
     },
     cutOff,

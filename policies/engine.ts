@@ -20,7 +20,8 @@ interface CompiledEntry {
 
 /** A trie over filter levels, so a publish or receive check walks the topic once instead of testing every entry. */
 class Trie {
-  readonly lit = new Map<string, Trie>()
+  // Created at the first literal child: most nodes are leaves or have only wildcard children.
+  lit: Map<string, Trie> | undefined
   plus: Trie | undefined
   hash: CompiledEntry[] | undefined
   end: CompiledEntry[] | undefined
@@ -35,8 +36,9 @@ class Trie {
       if (level === PLUS) {
         node = node.plus ??= new Trie()
       } else {
-        let next = node.lit.get(level)
-        if (next === undefined) node.lit.set(level, next = new Trie())
+        const lit = node.lit ??= new Map()
+        let next = lit.get(level)
+        if (next === undefined) lit.set(level, next = new Trie())
         node = next
       }
     }
@@ -52,7 +54,7 @@ class Trie {
       if (this.end !== undefined) out.push(...this.end)
       return
     }
-    this.lit.get(topic[i] as string)?.collect(topic, i + 1, dollar, out)
+    this.lit?.get(topic[i] as string)?.collect(topic, i + 1, dollar, out)
     if (wild) this.plus?.collect(topic, i + 1, dollar, out)
   }
 }
@@ -123,6 +125,18 @@ export function substitute (entry: Entry, identity: Identity): FilterLevel[][] {
   return out
 }
 
+/** An entry's description in decisions (`allow.publish[0] "devices/${id}/#"`): the same for every identity, so made once. */
+const ENTRY_NAMES = new WeakMap<Entry, string>()
+function entryName (e: Entry): string {
+  let name = ENTRY_NAMES.get(e)
+  if (name === undefined) ENTRY_NAMES.set(e, name = `${e.label} ${JSON.stringify(e.topic)}`)
+  return name
+}
+
+const NO_ENTRIES: readonly CompiledEntry[] = Object.freeze([])
+/** The trie of a table without entries; never inserted into, so every such table can share it. */
+const EMPTY_TRIE = new Trie()
+
 function compile (set: PolicySet, identity: Identity): Compiled {
   const statements = set.statementsFor(identity)
   let order = 0
@@ -133,18 +147,26 @@ function compile (set: PolicySet, identity: Identity): Compiled {
       for (const [effect, into] of [['allow', allow], ['deny', deny]] as const) {
         for (const e of s[effect][action]) {
           for (const levels of substitute(e, identity)) {
-            into.push({ order: order++, levels, retain: e.retain, maxQos: e.maxQos ?? 2, statement: s.name, entry: `${e.label} ${JSON.stringify(e.topic)}` })
+            into.push({ order: order++, levels, retain: e.retain, maxQos: e.maxQos ?? 2, statement: s.name, entry: entryName(e) })
           }
         }
       }
     }
-    const allowTrie = new Trie()
-    const denyTrie = new Trie()
-    for (const e of allow) allowTrie.insert(e)
-    for (const e of deny) denyTrie.insert(e)
+    const trie = (entries: readonly CompiledEntry[]): Trie => {
+      if (entries.length === 0) return EMPTY_TRIE
+      const t = new Trie()
+      for (const e of entries) t.insert(e)
+      return t
+    }
     // Subscribe and receive grant a QoS, so their decisions always carry the request's QoS.
     const variants = action !== 'publish' || allow.some((e) => e.retain !== undefined || e.maxQos < 2) || deny.some((e) => e.retain !== undefined)
-    return { allow, deny, allowTrie, denyTrie, variants }
+    return {
+      allow: allow.length === 0 ? NO_ENTRIES : allow,
+      deny: deny.length === 0 ? NO_ENTRIES : deny,
+      allowTrie: trie(allow),
+      denyTrie: trie(deny),
+      variants,
+    }
   }
   return {
     generation: set.generation,
@@ -292,22 +314,31 @@ class CompiledAuthorizer implements Authorizer {
   readonly identity: Readonly<Identity>
   readonly #source: PolicySource
   readonly #cacheSize: number
-  #compiled: Compiled
+  /**
+   * Compiled at the first question, not at construction: a connection that never publishes, subscribes or receives
+   * (an idle device) holds no tables. Compiling is pure (statements and identity only), so when it happens does not
+   * change any answer: every question compiles against the set current at that moment, as a reload always did.
+   */
+  #compiled: Compiled | undefined
   // Per action, created at first use and replaced on recompile; undefined when caching is off.
   #publish: DecisionCache | undefined
   #receive: DecisionCache | undefined
   #subscribe: DecisionCache | undefined
 
   constructor (source: PolicySource, identity: Identity, cacheSize: number) {
-    this.identity = Object.freeze({ ...identity, groups: Object.freeze([...identity.groups]) })
+    // A frozen groups list (the broker's identities) cannot change under us: no need to copy it.
+    const groups = Object.isFrozen(identity.groups) ? identity.groups : Object.freeze([...identity.groups])
+    // The four fields spelled out: a spread copy gets a hidden class (and descriptors) of its own every time.
+    this.identity = Object.freeze(identity.serial === undefined
+      ? { id: identity.id, kind: identity.kind, groups }
+      : { id: identity.id, kind: identity.kind, groups, serial: identity.serial })
     this.#source = source
     this.#cacheSize = cacheSize
-    this.#compiled = compile(source.current(), this.identity)
   }
 
   #current (): Compiled {
     const set = this.#source.current()
-    if (set.generation !== this.#compiled.generation) {
+    if (this.#compiled === undefined || set.generation !== this.#compiled.generation) {
       this.#compiled = compile(set, this.identity)
       this.#publish = this.#receive = this.#subscribe = undefined
     }
