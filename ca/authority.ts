@@ -1,15 +1,16 @@
 // The CA at work: issue (from a CSR or a generated key), revoke, and sign CRLs, with the keys loaded once.
 import { promises as fs } from 'node:fs'
-import type * as x509 from '@peculiar/x509'
 import { ZtError } from '../common/errors.js'
 import { checkGroup, checkId, checkKind, checkReason, checkSerial, type Kind, type RevocationReason } from '../common/ids.js'
 import type { CertStore, IssuedCert, RevokeResult } from '../store/types.js'
+import { buildCrl } from './crl.js'
 import { verifyCsr } from './csr.js'
 import { loadHome, type LoadedHome } from './home.js'
 import { checkKeyType, generateDeviceKey, loadEncryptedKey, type KeyType, type SigningKeys } from './keys.js'
 import { derToPem, issuingFacts, LeafSigner, type IssuingFacts } from './leaf.js'
 import { addDays, BACKDATE_MS, minDate, newSerial, VALIDITY_DAYS } from './profile.js'
 import { openStore } from './store.js'
+import { loadX509 } from './x509.js'
 
 export interface IssueRequest {
   id: string
@@ -75,14 +76,6 @@ function toZtError (err: unknown, operation: string): ZtError {
 
 function secondsFloor (d: Date): Date {
   return new Date(Math.floor(d.getTime() / 1000) * 1000)
-}
-
-/** @peculiar/x509 (and the CRL builder on it), loaded for CRLs only: issuance reads the issuing CA's DER itself. */
-async function loadCrlTools (): Promise<{ x509: typeof x509, buildCrl: typeof import('./crl.js').buildCrl }> {
-  // tsyringe, under @peculiar/x509, needs the Reflect polyfill first.
-  await import('reflect-metadata')
-  const [lib, { buildCrl }] = await Promise.all([import('@peculiar/x509'), import('./crl.js')])
-  return { x509: lib, buildCrl }
 }
 
 class CaAuthority implements Authority {
@@ -169,11 +162,12 @@ class CaAuthority implements Authority {
   }
 
   async crl (): Promise<Uint8Array> {
-    const { x509: lib, buildCrl } = await loadCrlTools()
+    // @peculiar/x509 is loaded here, for CRLs only: issuance reads the issuing CA's DER itself (leaf.ts).
+    const x509 = await loadX509()
     const { revocations } = await this.store.loadRevocations()
     const number = await this.store.nextCrlNumber()
     const crl = await buildCrl({
-      issuing: new lib.X509Certificate(this.home.issuingPem),
+      issuing: new x509.X509Certificate(this.home.issuingPem),
       signingKey: await this.keys.cryptoKey(),
       keyType: this.home.config.keyType,
       keyId: this.keyId,

@@ -1,10 +1,11 @@
 // RFC 5280 v2 CRLs signed by the issuing CA: CRL number, AKI, thisUpdate/nextUpdate, reason codes.
-import * as x509 from '@peculiar/x509'
+import type * as x509 from '@peculiar/x509'
 import { REVOCATION_REASONS } from '../common/ids.js'
 import type { Revocation } from '../store/types.js'
 import { signingAlgorithm, type CryptoKey, type KeyType } from './keys.js'
 import { addDays } from './profile.js'
 import { integerFromBytes } from './der.js'
+import { loadX509 } from './x509.js'
 
 /** id-ce-cRLNumber (RFC 5280 section 5.2.3); @peculiar/x509 has no class for it. */
 export const OID_CRL_NUMBER = '2.5.29.20'
@@ -38,6 +39,7 @@ export interface CrlParams {
  * (RFC 5280 section 3.3 allows it; the store keeps them for good).
  */
 export async function buildCrl (p: CrlParams): Promise<x509.X509Crl> {
+  const x509 = await loadX509()
   const thisUpdate = new Date(Math.floor(p.thisUpdate.getTime() / 1000) * 1000)
   const entries: x509.X509CrlEntryParams[] = []
   for (const r of p.revocations) {

@@ -2,7 +2,8 @@
 //
 // @peculiar/x509 builds and re-parses an object tree per certificate (about 4 ms per leaf here); the leaf
 // profile is fixed, so its TBSCertificate is assembled from pre-encoded pieces instead (tens of µs).
-// Everything else (CA certificates, CRLs, parsing for display) still goes through @peculiar/x509.
+// CA certificates and CRLs are still built with @peculiar/x509, loaded on demand (x509.ts); reading certificates
+// (the issuing CA in home.ts, display in the CLI) uses node:crypto.X509Certificate.
 
 export const TAG = {
   INTEGER: 0x02,

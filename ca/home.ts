@@ -1,8 +1,7 @@
 // The CA home: its layout, `ca init` (keys, CA certificates, broker certificate) and loading it back.
-import { randomBytes } from 'node:crypto'
+import { randomBytes, X509Certificate } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import * as x509 from '@peculiar/x509'
 import { ZtError } from '../common/errors.js'
 import { checkTrustDomain, DEFAULT_TRUST_DOMAIN } from '../common/ids.js'
 import { exists, readFileOrThrow, writeFileAtomic } from './fsutil.js'
@@ -216,7 +215,9 @@ export async function loadHome (home: string): Promise<LoadedHome> {
   const issuingPem = (await readFileOrThrow(paths.issuingCert, op)).toString('utf8')
   let issuingDer: Uint8Array
   try {
-    issuingDer = new Uint8Array(new x509.X509Certificate(issuingPem).rawData)
+    // node:crypto's parser (OpenSSL) rather than @peculiar/x509: loading a home must not load the X.509 builder library,
+    // which every `cert issue-bulk`, `cert list` and `cert revoke` run would pay for at start-up.
+    issuingDer = new Uint8Array(new X509Certificate(issuingPem).raw)
   } catch (err) {
     throw new ZtError('ZT_NO_HOME', `${op}: ${paths.issuingCert} is not a certificate`, { file: paths.issuingCert }, { cause: err })
   }

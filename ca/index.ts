@@ -1,5 +1,7 @@
 // The built-in CA: public surface (the `aedes-zero-trust/ca` export). Implementation lives in the other files of ca/.
-// @peculiar/x509 resolves its parsers through tsyringe, which needs the Reflect polyfill before it loads.
+// The CA's own modules load @peculiar/x509 only when they build with it (x509.ts), polyfill included; this import stays
+// for code that loads @peculiar/x509 itself after this module (tsyringe, under it, needs the Reflect polyfill first).
+// The CLI imports the CA modules one by one, so `cert ...` commands load neither.
 import 'reflect-metadata'
 
 export type { KeyType, KeyDescription } from './keys.js'

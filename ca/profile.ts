@@ -1,9 +1,10 @@
 // Certificate profiles: root CA, issuing CA, broker server certificate and device leaf (PRODUCT.md "Identities").
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
-import * as x509 from '@peculiar/x509'
+import type * as x509 from '@peculiar/x509'
 import { ZtError } from '../common/errors.js'
 import { signingAlgorithm, type CryptoKey, type CryptoKeyPair, type KeyType } from './keys.js'
+import { loadX509, type X509Lib } from './x509.js'
 
 const DAY_MS = 86_400_000
 
@@ -36,7 +37,7 @@ export function addDays (from: Date, days: number): Date {
   return new Date(from.getTime() + days * DAY_MS)
 }
 
-function caExtensions (pathLength: number | undefined): x509.Extension[] {
+function caExtensions (x509: X509Lib, pathLength: number | undefined): x509.Extension[] {
   return [
     new x509.BasicConstraintsExtension(true, pathLength, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
@@ -50,6 +51,7 @@ export interface CaCertificates {
 
 /** Self-signed root: CA:TRUE without a path length (the issuing CA below carries pathlen 0). */
 export async function createRootCert (name: string, keys: CryptoKeyPair, keyType: KeyType, now: Date): Promise<x509.X509Certificate> {
+  const x509 = await loadX509()
   const ski = await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)
   return await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: newSerial(),
@@ -58,12 +60,13 @@ export async function createRootCert (name: string, keys: CryptoKeyPair, keyType
     notAfter: addDays(now, VALIDITY_DAYS.root),
     keys,
     signingAlgorithm: signingAlgorithm(keyType),
-    extensions: [...caExtensions(undefined), ski, new x509.AuthorityKeyIdentifierExtension(ski.keyId)],
+    extensions: [...caExtensions(x509, undefined), ski, new x509.AuthorityKeyIdentifierExtension(ski.keyId)],
   })
 }
 
 /** Issuing (intermediate) CA, pathlen 0: it signs leaves and CRLs, never another CA. */
 export async function createIssuingCert (name: string, publicKey: CryptoKey, root: x509.X509Certificate, rootKey: CryptoKey, keyType: KeyType, now: Date): Promise<x509.X509Certificate> {
+  const x509 = await loadX509()
   return await x509.X509CertificateGenerator.create({
     serialNumber: newSerial(),
     subject: [{ CN: [`${name} Issuing CA`] }],
@@ -74,15 +77,15 @@ export async function createIssuingCert (name: string, publicKey: CryptoKey, roo
     signingKey: rootKey,
     signingAlgorithm: signingAlgorithm(keyType),
     extensions: [
-      ...caExtensions(0),
+      ...caExtensions(x509, 0),
       await x509.SubjectKeyIdentifierExtension.create(publicKey),
-      new x509.AuthorityKeyIdentifierExtension(skiOf(root)),
+      new x509.AuthorityKeyIdentifierExtension(skiOf(x509, root)),
     ],
   })
 }
 
-/** Subject key identifier of a CA certificate, hex: what its children carry as AKI. */
-export function skiOf (cert: x509.X509Certificate): string {
+/** Subject key identifier of a CA certificate, hex: what its children carry as AKI (x509: the loaded library, loadX509). */
+export function skiOf (x509: X509Lib, cert: x509.X509Certificate): string {
   const ext = cert.getExtension(x509.SubjectKeyIdentifierExtension)
   if (ext === null) throw new ZtError('ZT_BAD_CERT', `load CA: certificate ${cert.subject} has no subject key identifier`)
   return ext.keyId
@@ -107,6 +110,7 @@ export function serverSanEntries (names: readonly string[], operation: string): 
 /** The broker's TLS server certificate: serverAuth only, SAN from --server-name. */
 export async function createServerCert (names: readonly string[], publicKey: CryptoKey, issuing: x509.X509Certificate, issuingKey: CryptoKey, caKeyType: KeyType, serverKeyType: KeyType, now: Date): Promise<x509.X509Certificate> {
   const san = serverSanEntries(names, 'ca init')
+  const x509 = await loadX509()
   // RSA servers may use RSA key transport in TLS 1.2, which needs keyEncipherment; ECDSA keys never do.
   const usage = serverKeyType.startsWith('rsa')
     ? x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment
@@ -126,7 +130,7 @@ export async function createServerCert (names: readonly string[], publicKey: Cry
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
       new x509.SubjectAlternativeNameExtension(san),
       await x509.SubjectKeyIdentifierExtension.create(publicKey),
-      new x509.AuthorityKeyIdentifierExtension(skiOf(issuing)),
+      new x509.AuthorityKeyIdentifierExtension(skiOf(x509, issuing)),
     ],
   })
 }

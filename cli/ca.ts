@@ -1,13 +1,13 @@
 // `aedes-zt ca ...`, `cert ...` and `crl`: thin adapters from arguments to the CA in ca/.
-// @peculiar/x509 (under the home and profile modules) resolves its parsers through tsyringe: Reflect polyfill first.
-import 'reflect-metadata'
+// No @peculiar/x509 here: only `ca init` and `crl` build with it, and ca/x509.ts loads it (and its Reflect polyfill)
+// on demand. Certificates are described with node:crypto.
 import { X509Certificate } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 import { checkKind, checkReason, type RevocationReason } from '../common/ids.js'
-// The CA's modules one by one rather than through ca/index.js, which also loads the CRL builder that only `crl`
-// needs (authority.ts loads it on demand): start-up counts against every `cert issue-bulk` run.
+// The CA's modules one by one rather than through ca/index.js, which loads the Reflect polyfill for library users:
+// start-up counts against every `cert issue-bulk` run.
 import { openAuthority, revokeIn, type IssueRequest, type OpenAuthorityOptions } from '../ca/authority.js'
 import { issueBulk } from '../ca/bulk.js'
 import { writeFileAtomic } from '../ca/fsutil.js'

@@ -1,5 +1,5 @@
 // The `aedes-zt` command line: global options, dispatch to command modules, one-line errors and exit codes.
-import 'reflect-metadata'
+// No Reflect polyfill here: it is only for @peculiar/x509, which the modules that use it load along with it.
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { oneLine, ZtError } from '../common/errors.js'
 
@@ -37,8 +37,9 @@ const GLOBAL_OPTIONS: OptionSpec = {
 
 type CommandModule = () => Promise<{ commands: Command[] }>
 
-// Command modules are loaded on demand: each pulls in its own dependencies (the CA and @peculiar/x509, the policy
-// engine and its YAML parser, the broker), and a CLI run pays start-up for one of them only.
+// Command modules are loaded on demand: each pulls in its own dependencies (the CA, the policy engine and its YAML
+// parser, the broker and @peculiar/x509), and a CLI run pays start-up for one of them only. The CA module itself
+// loads @peculiar/x509 only for `ca init` and `crl`.
 const CA: CommandModule = async () => await import('./ca.js')
 const POLICY: CommandModule = async () => await import('./policy.js')
 const BROKER: CommandModule = async () => await import('./broker.js')

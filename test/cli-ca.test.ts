@@ -294,3 +294,72 @@ describe('the real binary', () => {
     expect(Array.isArray(JSON.parse(ok.stdout))).toBe(true)
   })
 })
+
+describe('start-up of the real binary', () => {
+  // @peculiar/x509 and what comes with it (asn1 schemas, tsyringe, the Reflect polyfill) cost ~0.3 s of CPU to load:
+  // only `ca init` and `crl` build with it. Every module a CLI process loads is recorded by a preloaded script:
+  // ESM resolutions through a module.register hook, and CommonJS modules (these packages are) from require.cache.
+  const HEAVY = /@peculiar[\\/]x509|[\\/]pkijs[\\/]|reflect-metadata|[\\/]asn1js[\\/]|[\\/]tsyringe[\\/]/
+
+  let traceDir: string
+  let seq = 0
+  beforeAll(async () => {
+    traceDir = path.join(tmp, 'trace')
+    await fs.mkdir(traceDir)
+    await fs.writeFile(path.join(traceDir, 'hooks.mjs'), [
+      "import { appendFileSync } from 'node:fs'",
+      'let file',
+      'export async function initialize (data) { file = data.file }',
+      "export async function resolve (specifier, context, next) { const r = await next(specifier, context); appendFileSync(file, r.url + '\\n'); return r }",
+    ].join('\n') + '\n')
+    await fs.writeFile(path.join(traceDir, 'trace.mjs'), [
+      "import { appendFileSync } from 'node:fs'",
+      "import { createRequire, register } from 'node:module'",
+      'const file = process.env.ZT_TRACE_FILE',
+      "register(new URL('./hooks.mjs', import.meta.url), { data: { file } })",
+      'const cache = createRequire(import.meta.url).cache',
+      "process.on('exit', () => { appendFileSync(file, Object.keys(cache).map((k) => `cjs:${k}\\n`).join('') + 'done\\n') })",
+    ].join('\n') + '\n')
+  })
+
+  /** Runs the binary with the tracer; returns the exit code and every module it loaded. */
+  async function traced (argv: string[]): Promise<{ code: number | null, stderr: string, modules: string[] }> {
+    const file = path.join(traceDir, `run-${++seq}.txt`)
+    const env = { ...process.env, AEDES_ZT_CA_PASSPHRASE: PASS, AEDES_ZT_DEBUG: '', ZT_TRACE_FILE: file }
+    const r = spawnSync(process.execPath, ['--import', path.join(traceDir, 'trace.mjs'), path.join(ROOT, 'bin', 'aedes-zt.js'), ...argv], { encoding: 'utf8', env })
+    const modules = (await fs.readFile(file, 'utf8')).split('\n').filter(Boolean)
+    // The exit handler ran, and the hooks saw the CLI's own modules: an empty trace proves nothing.
+    expect(modules).toContain('done')
+    expect(modules.some((m) => m.endsWith('/dist/cli/main.js'))).toBe(true)
+    return { code: r.status, stderr: r.stderr, modules }
+  }
+
+  it('cert issue, issue-bulk, list and revoke and ca show do not load @peculiar/x509, pkijs or reflect-metadata', async () => {
+    const dir = path.join(tmp, 'startup')
+    await fs.mkdir(dir)
+    csr(path.join(dir, 'a.csr'), ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'])
+    csr(path.join(dir, 'b.csr'), ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'])
+    await fs.writeFile(path.join(dir, 'm.csv'), 'id,kind,groups,csr\nstartup-a,device,sensors,a.csr\nstartup-b,device,,\n')
+    const runs: string[][] = [
+      ['cert', 'issue-bulk', ...h, '--manifest', path.join(dir, 'm.csv'), '--out-dir', path.join(dir, 'out')],
+      ['cert', 'issue', 'startup-c', ...h, '--csr', path.join(dir, 'b.csr'), '--out', path.join(dir, 'c.pem')],
+      ['cert', 'list', ...h, '--id', 'startup-a'],
+      ['cert', 'revoke', ...h, '--id', 'startup-c'],
+      ['ca', 'show', ...h],
+      ['cert', 'issue-bulk', '--help'],
+    ]
+    for (const argv of runs) {
+      const r = await traced(argv)
+      expect(r.code, `${argv.join(' ')}: ${r.stderr}`).toBe(0)
+      expect(r.modules.filter((m) => HEAVY.test(m)), argv.slice(0, 2).join(' ')).toEqual([])
+    }
+    expect(openssl(['verify', '-CAfile', path.join(home, 'ca.pem'), '-untrusted', path.join(home, 'issuing.pem'), path.join(dir, 'out', 'startup-a.pem')]).code).toBe(0)
+  }, 60_000)
+
+  it('crl still loads @peculiar/x509 (and the tracer sees it)', async () => {
+    const r = await traced(['crl', ...h, '--out', path.join(tmp, 'startup.crl')])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.modules.some((m) => /@peculiar[\\/]x509/.test(m))).toBe(true)
+    expect(r.modules.some((m) => /reflect-metadata/.test(m))).toBe(true)
+  })
+})
