@@ -13,6 +13,7 @@
 // (npm run bench does it), Redis on 127.0.0.1:6379 for the revocation workload, and Mosquitto (installed with
 // apt-get when missing and root) for that baseline.
 import { execFileSync } from 'node:child_process'
+import { generateKeyPairSync, sign } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -70,6 +71,24 @@ function oneLine (err) {
   return String(err?.message ?? err).split('\n')[0].slice(0, 300)
 }
 
+/**
+ * How fast this machine's CPU was during the run: node:crypto ECDSA P-256 signatures per second on the load CPU, at
+ * the start and at the end. Shared machines vary by 2x from day to day; ratios survive that, absolute targets do not.
+ */
+function machineSpeed () {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const data = Buffer.alloc(64, 1)
+  const until = performance.now() + 300
+  let n = 0
+  while (performance.now() < until) { sign('sha256', data, privateKey); n++ }
+  return Math.round(n / 0.3)
+}
+
+function speedNote (meta) {
+  const s = meta.ecdsaP256SignPerS
+  return s === undefined ? '' : ` · CPU speed (ECDSA P-256 signs/s, start → end) ${s.start.toLocaleString('en-US')} → ${s.end === undefined ? '?' : s.end.toLocaleString('en-US')}`
+}
+
 /** Summaries, markdown and SVG from raw per-run values (what a run collects, or what a results file holds). */
 function render (results) {
   const { meta } = results
@@ -92,7 +111,7 @@ function render (results) {
     '',
     `${meta.startedAt} · ${meta.cpus} × ${meta.cpu} · Node ${meta.node} · Mosquitto ${meta.mosquitto ?? 'not run'} · Linux ${meta.kernel} · ` +
       `broker on CPU ${meta.pinning.broker}, load generator on CPU ${meta.pinning.loadGenerator} · ${meta.runs} run${meta.runs === 1 ? '' : 's'} per workload · ` +
-      `load average at start ${meta.loadAverageAtStart.join(' ')} · took ${meta.durationS} s${meta.commit === null ? '' : ` · commit ${meta.commit}${meta.dirty ? ' + uncommitted changes' : ''}`}`,
+      `load average at start ${meta.loadAverageAtStart.join(' ')}${speedNote(meta)} · took ${meta.durationS} s${meta.commit === null ? '' : ` · commit ${meta.commit}${meta.dirty ? ' + uncommitted changes' : ''}`}`,
     '',
     `Targets: ${verdicts.filter((v) => v.met === true).length} met, ${verdicts.filter((v) => v.met === false).length} missed, ${verdicts.filter((v) => v.met === null).length} not judged.`,
     '',
@@ -248,6 +267,7 @@ const meta = {
   mosquitto: mosquittoVersion,
   kernel: os.release(),
   loadAverageAtStart: os.loadavg().map((x) => +x.toFixed(2)),
+  ecdsaP256SignPerS: { start: machineSpeed() },
   commit: git('rev-parse', '--short', 'HEAD'),
   dirty: (git('status', '--porcelain') ?? '') !== '',
   opts,
@@ -302,6 +322,7 @@ for (const w of selected) {
   const workload = { ...w, targets, goals: w.goalsFor !== undefined ? w.goalsFor(opts) : (w.goals ?? []) }
   for (const v of summarize(workload, raw).verdicts) log(`${w.name}: ${v.met === true ? 'met' : v.met === false ? 'MISSED' : 'not judged'}: ${v.text} — ${v.detail}`)
 }
+meta.ecdsaP256SignPerS.end = machineSpeed()
 meta.finishedAt = new Date().toISOString()
 meta.durationS = Math.round((Date.now() - t0) / 1000)
 await cleanup()
