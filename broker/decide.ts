@@ -65,7 +65,7 @@ export async function decideConnect (input: ConnectInput): Promise<ConnectDecisi
   if (!input.configured || reader === undefined) return no(CONNACK.serverUnavailable, 'not-configured', 'no CA is configured: the broker admits nobody')
   if (!input.tls) return no(CONNACK.notAuthorized, 'no-tls', 'the connection is not TLS')
   if (!input.tlsAuthorized) return no(CONNACK.notAuthorized, 'tls-unauthorized', 'the TLS layer did not verify the client certificate')
-  const read = reader.read(input.certificate, input.now, { chainVerifiedByOurTls: input.chainVerifiedByOurTls === true && input.tlsAuthorized })
+  const read = reader.read(input.certificate, input.now, { chainVerifiedByOurTls: input.chainVerifiedByOurTls === true })
   if (!read.ok) return no(CONNACK.notAuthorized, read.reason, read.detail)
   const identity = read.identity
   if (revocation === undefined) return no(CONNACK.serverUnavailable, 'no-revocation-source', 'no revocation mirror is configured', identity)

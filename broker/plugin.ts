@@ -117,11 +117,6 @@ function isTlsSocket (conn: unknown): conn is TLSSocket {
 /** Marks sockets accepted by `createServer` (our TLS options: only our CA certificates are trusted). */
 const OUR_TLS: unique symbol = Symbol('aedes-zero-trust.our-tls')
 
-function frozenTlsOptions (o: tls.TlsOptions): tls.TlsOptions {
-  if (Array.isArray(o.ca)) Object.freeze(o.ca)
-  return Object.freeze(o)
-}
-
 const MAX_LOGGED_RECEIVE = 64
 
 type MessageOptions = { readonly qos: Qos, readonly retain: boolean }
@@ -160,8 +155,10 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     ? undefined
     : (identity) => compileFor(policies, { id: identity.id, kind: identity.kind, groups: identity.groups, serial: identity.serial })
   const compile: AuthorizerFactory = ca === undefined ? denyAllAuthorizer : (options.authorizer ?? fromPolicies ?? ownTopicsAuthorizer)
-  // Frozen: createServer vouches that only our CA certificates are trusted (see OUR_TLS), so nobody may add one.
-  const tlsOptions = ca === undefined ? undefined : frozenTlsOptions(tlsServerOptions(ca, limits))
+  // createServer vouches that only our CA certificates are trusted (see OUR_TLS), so it keeps its own options; callers
+  // get a copy they may change for servers of their own.
+  const serverOptions = ca === undefined ? undefined : tlsServerOptions(ca, limits)
+  const tlsOptions = serverOptions === undefined ? undefined : { ...serverOptions, ca: Array.isArray(serverOptions.ca) ? [...serverOptions.ca] : serverOptions.ca }
 
   // On the client under a symbol of this instance: a property load, where a WeakMap lookup would cost more twice per message.
   const STATE: unique symbol = Symbol('aedes-zero-trust.state')
@@ -527,11 +524,18 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   return {
     tlsOptions,
     createServer () {
-      if (tlsOptions === undefined) throw new ZtError('ZT_BAD_CONFIG', 'zeroTrust: no CA configured (options.ca); refusing to serve TLS without one')
-      const server = tls.createServer(tlsOptions, (socket) => {
-        (socket as { [OUR_TLS]?: boolean })[OUR_TLS] = true
+      if (serverOptions === undefined) throw new ZtError('ZT_BAD_CONFIG', 'zeroTrust: no CA configured (options.ca); refusing to serve TLS without one')
+      // Our options trust our two CA certificates only, until someone swaps or adds a context: from then on this
+      // server's connections get the full signature check again.
+      let onlyOurCa = true
+      const server = tls.createServer(serverOptions, (socket) => {
+        if (onlyOurCa) (socket as { [OUR_TLS]?: boolean })[OUR_TLS] = true
         aedes.handle(socket)
       })
+      const setSecureContext = server.setSecureContext.bind(server)
+      const addContext = server.addContext.bind(server)
+      server.setSecureContext = (options) => { onlyOurCa = false; setSecureContext(options) }
+      server.addContext = (hostname, context) => { onlyOurCa = false; addContext(hostname, context) }
       server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
         audit('warn', 'connect.refused', { reason: 'tls-handshake', detail: err.code ?? err.message, remote: remoteOf(socket) })
         // Node emits this on a handshake timeout but leaves the socket open: without destroy() the timeout is moot.

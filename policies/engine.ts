@@ -3,7 +3,7 @@ import { ZtError } from '../common/errors.js'
 import { checkGroup, checkId, checkKind } from '../common/ids.js'
 import type { Action, Decision, Entry, Identity, Qos, Statement } from './model.js'
 import type { PolicySet, PolicySource } from './set.js'
-import { coversLevels, HASH, matchLevels, overlapsLevels, parseFilter, PLUS, topicFilterProblem, topicNameProblem, type FilterLevel, type FilterLevels } from './topic.js'
+import { coversLevels, HASH, overlapsLevels, parseFilter, PLUS, topicFilterProblem, topicNameProblem, type FilterLevel, type FilterLevels } from './topic.js'
 
 /** Topics cached per connection and action; a device uses a handful of topics, a bridge more, neither unbounded. */
 export const DEFAULT_CACHE_SIZE = 1000
@@ -138,7 +138,10 @@ const NO_ENTRIES: readonly CompiledEntry[] = Object.freeze([])
 const EMPTY_TRIE = new Trie()
 
 function compile (set: PolicySet, identity: Identity): Compiled {
-  const statements = set.statementsFor(identity)
+  return compileStatements(set.generation, set.statementsFor(identity), identity)
+}
+
+function compileStatements (generation: number, statements: readonly Statement[], identity: Identity): Compiled {
   let order = 0
   const table = (action: Action): ActionTable => {
     const allow: CompiledEntry[] = []
@@ -169,7 +172,7 @@ function compile (set: PolicySet, identity: Identity): Compiled {
     }
   }
   return {
-    generation: set.generation,
+    generation,
     statements: statements.map((s: Statement) => s.name),
     publish: table('publish'),
     subscribe: table('subscribe'),
@@ -339,7 +342,13 @@ class CompiledAuthorizer implements Authorizer {
   #current (): Compiled {
     const set = this.#source.current()
     if (this.#compiled === undefined || set.generation !== this.#compiled.generation) {
-      this.#compiled = compile(set, this.identity)
+      try {
+        this.#compiled = compile(set, this.identity)
+      } catch {
+        // Compiling runs inside the broker's synchronous per-message hooks now: a failure must deny, never throw.
+        // (compileFor validated the identity, so this is a defect guard, not an expected path.)
+        this.#compiled = compileStatements(set.generation, [], this.identity)
+      }
       this.#publish = this.#receive = this.#subscribe = undefined
     }
     return this.#compiled

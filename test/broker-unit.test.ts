@@ -13,7 +13,6 @@ import { certificateFromSession, peerCertificateDer } from '../broker/tls.js'
 import { checkTopicFilter, checkTopicName } from '../broker/topics.js'
 import { isZtError } from '../common/errors.js'
 import { readFileSync } from 'node:fs'
-import type { X509Certificate } from 'node:crypto'
 import tls from 'node:tls'
 import * as x509 from '@peculiar/x509'
 import { makeTestCa, type IssuedDevice, type TestCa } from './helpers/pki.js'
@@ -294,16 +293,16 @@ describe('peer certificate from the TLS session', () => {
         server.close()
       }
       let zeroed: Buffer | undefined
-      const fake = { getSession: () => (zeroed = Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01])), getPeerX509Certificate: () => undefined }
+      const fake = { getSession: () => (zeroed = Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01])), getPeerCertificate: () => undefined as unknown as tls.DetailedPeerCertificate }
       expect(peerCertificateDer(fake)).toBeUndefined()
       expect(zeroed?.every((b) => b === 0)).toBe(true)
     })
   }
 
   test('a session without a peer, or not DER, falls back to OpenSSL', () => {
-    const fallback = { raw: Buffer.from('fallback') } as unknown as X509Certificate
+    const fallback = { raw: Buffer.from('fallback') } as unknown as tls.DetailedPeerCertificate
     expect(certificateFromSession(Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]))).toBeUndefined()
-    expect(peerCertificateDer({ getSession: () => Buffer.from([0x04, 0x00]), getPeerX509Certificate: () => fallback })).toEqual(Buffer.from('fallback'))
+    expect(peerCertificateDer({ getSession: () => Buffer.from([0x04, 0x00]), getPeerCertificate: () => fallback })).toEqual(Buffer.from('fallback'))
     expect(() => certificateFromSession(Buffer.from([0x30, 0x04, 0xa3, 0x02, 0x04, 0x00]))).toThrow()
   })
 })

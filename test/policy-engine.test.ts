@@ -449,3 +449,13 @@ describe('shipped defaults', () => {
     }
   })
 })
+
+describe('compile failures', () => {
+  it('a policy source that cannot compile for an identity denies every question instead of throwing', () => {
+    const broken = { current: () => ({ generation: 7, statementsFor: () => { throw new Error('broken set') } }) } as unknown as PolicySet
+    const a = compileFor(broken, { id: 'd1', kind: 'device', groups: [] })
+    expect(a.publish('devices/d1/telemetry')).toMatchObject({ effect: 'deny' })
+    expect(a.subscribe('devices/d1/#')).toMatchObject({ effect: 'deny' })
+    expect(a.receive('devices/d1/telemetry')).toMatchObject({ effect: 'deny' })
+  })
+})
