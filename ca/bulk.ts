@@ -1,11 +1,11 @@
 // `cert issue-bulk`: a CSV manifest in, one PEM bundle (and key, when generated) per row out, recorded in batches.
 import { lstatSync, promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
-import { ZtError } from '../common/errors.js'
+import { oneLine, ZtError } from '../common/errors.js'
 import type { Kind } from '../common/ids.js'
 import type { IssuedCert } from '../store/types.js'
 import type { Authority, IssueRequest } from './authority.js'
-import { discardStaged, fsyncDir, linkStaged, stageFileSync, syncStaged, type StagedFile } from './fsutil.js'
+import { discardStaged, fsyncDir, linkStaged, makeDir, stageFileSync, syncStaged, type StagedFile } from './fsutil.js'
 
 const OP = 'cert issue-bulk'
 
@@ -109,10 +109,6 @@ export interface BulkSummary {
   outDir: string
 }
 
-function message (err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).replace(/\s*\n\s*/g, ' ')
-}
-
 interface Prepared { row: ManifestRow, req: IssueRequest, files: string[] }
 
 /** Whether a name is taken; errors other than ENOENT count as free, and linking will report them. */
@@ -138,7 +134,7 @@ function prepare (row: ManifestRow, outDir: string, claimed: Map<string, number>
     try {
       req.csr = readFileSync(row.csr)
     } catch (err) {
-      throw new ZtError('ZT_BAD_CSR', `${OP}: cannot read CSR ${row.csr} (${(err as NodeJS.ErrnoException).code ?? message(err)})`, { file: row.csr })
+      throw new ZtError('ZT_BAD_CSR', `${OP}: cannot read CSR ${row.csr} (${(err as NodeJS.ErrnoException).code ?? oneLine(err)})`, { file: row.csr })
     }
   } else {
     req.generateKey = true
@@ -165,9 +161,11 @@ function yieldToIo (): Promise<void> {
  *
  * Per batch: sign each row and write its outputs under temporary names; fsync them all in the thread pool while
  * the next batch is signed; record the rows whose files are durable in the inventory (one write); only then link
- * each file to its name. The output directory is synced once at the end, before returning. So a recorded
- * certificate always has its content on disk, no certificate is visible before it is recorded, no output is ever
- * visible empty or partial, and everything reported issued survives a power cut once this returns.
+ * each file to its name. The output directory is synced once at the end, before returning (also when the run
+ * stops on an error). So a certificate's content is flushed before it is recorded, no certificate is visible before
+ * it is recorded, no output is ever visible empty or partial, and everything reported issued survives a power cut
+ * once this returns. A crash between recording and that final sync can leave a recorded certificate whose file is
+ * not there (at worst under its temporary name); it is in the inventory, so `cert list` shows it and it can be revoked.
  */
 export async function issueBulk (authority: Authority, manifestPath: string, options: BulkOptions): Promise<BulkSummary> {
   const started = Date.now()
@@ -175,20 +173,17 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
   try {
     text = await fs.readFile(manifestPath, 'utf8')
   } catch (err) {
-    throw new ZtError('ZT_BAD_MANIFEST', `${OP}: cannot read manifest ${manifestPath} (${(err as NodeJS.ErrnoException).code ?? message(err)})`, { file: manifestPath })
+    throw new ZtError('ZT_BAD_MANIFEST', `${OP}: cannot read manifest ${manifestPath} (${(err as NodeJS.ErrnoException).code ?? oneLine(err)})`, { file: manifestPath })
   }
   const rows = parseManifest(text, manifestPath)
   if (rows.length === 0) throw new ZtError('ZT_BAD_MANIFEST', `${OP}: manifest ${manifestPath} has no rows`, { file: manifestPath })
   const outDir = path.resolve(options.outDir)
   // Directories whose entries change: outDir itself (every output's name), and the parent of each directory made here.
-  const dirsToSync = [outDir]
+  let dirsToSync: string[]
   try {
-    const made = await fs.mkdir(outDir, { recursive: true, mode: 0o700 })
-    if (made !== undefined) {
-      for (let d = outDir; d !== path.dirname(made) && d !== path.dirname(d); d = path.dirname(d)) dirsToSync.push(path.dirname(d))
-    }
+    dirsToSync = await makeDir(outDir, 0o700)
   } catch (err) {
-    throw new ZtError('ZT_IO', `${OP}: cannot create output directory ${outDir} (${(err as NodeJS.ErrnoException).code ?? message(err)})`, { dir: outDir })
+    throw new ZtError('ZT_IO', `${OP}: cannot create output directory ${outDir} (${(err as NodeJS.ErrnoException).code ?? oneLine(err)})`, { dir: outDir })
   }
 
   const batchSize = options.batchSize ?? 100
@@ -198,13 +193,13 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
   let done = 0
   let stopped = false
   const fail = (row: ManifestRow, err: unknown): void => {
-    const f: BulkFailure = { line: row.line, id: row.id, message: message(err).replace(new RegExp(`^${OP}: `), '') }
+    const f: BulkFailure = { line: row.line, id: row.id, message: oneLine(err).replace(new RegExp(`^${OP}: `), '') }
     failed.push(f)
     options.onRowError?.(f)
     if (options.stopOnError === true) stopped = true
   }
-  const writeFailure = (s: StagedRow, err: unknown): void => {
-    fail(s.p.row, new ZtError('ZT_IO', `${OP}: cannot write ${s.p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? message(err)})`))
+  const writeFailure = (s: StagedRow, err: unknown, more = ''): void => {
+    fail(s.p.row, new ZtError('ZT_IO', `${OP}: cannot write ${s.p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? oneLine(err)})${more}`))
   }
 
   /** fsync (thread pool) → record the durable rows → link them into place. Runs while the next batch is signed. */
@@ -234,10 +229,11 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
         s.files.forEach((f, k) => { linkStaged(f, s.p.files[k] as string); linked.push(s.p.files[k] as string) })
         issued++
       } catch (err) {
-        // A row's key without its certificate (or the reverse) is a half-written output: take it back.
+        // A row's key without its certificate (or the reverse) is a half-written output: take it back. The
+        // certificate is already in the inventory, so say which serial to revoke.
         for (const f of linked) await fs.rm(f, { force: true })
         s.files.forEach(discardStaged)
-        writeFailure(s, err)
+        writeFailure(s, err, `; serial ${s.record.serial} is recorded as issued: revoke it with \`cert revoke ${s.record.serial}\``)
       }
     }
     options.onProgress?.(doneSoFar, rows.length)
@@ -286,9 +282,10 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
     await committing
   } finally {
     await committing.catch(() => {})
+    // Once for the whole run rather than per file, and also when the run stops on an error: the names linked by
+    // earlier batches were reported issued.
+    await Promise.all(dirsToSync.map(fsyncDir))
   }
-  // Once for the whole run rather than per file: every name made above, and the directories holding them.
-  await Promise.all(dirsToSync.map(fsyncDir))
   failed.sort((a, b) => a.line - b.line)
   return { total: rows.length, issued, failed, skipped: rows.length - done, elapsedMs: Date.now() - started, outDir }
 }

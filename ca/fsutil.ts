@@ -34,6 +34,19 @@ export async function fsyncDir (dir: string): Promise<void> {
   }
 }
 
+/**
+ * mkdir -p with the directories whose entries it changed: `dir` itself, and the parent of every directory it made.
+ * Fsync those (fsyncDir) once the names made inside must survive a power cut.
+ */
+export async function makeDir (dir: string, mode: number): Promise<string[]> {
+  const made = await fs.mkdir(dir, { recursive: true, mode })
+  const changed = [dir]
+  if (made !== undefined) {
+    for (let d = dir; d !== path.dirname(made) && d !== path.dirname(d); d = path.dirname(d)) changed.push(path.dirname(d))
+  }
+  return changed
+}
+
 /** Writes tmp + fsync + rename (or link, with noClobber), then syncs the directory. */
 export async function writeFileAtomic (file: string, data: string | Uint8Array, options: AtomicWriteOptions = {}): Promise<void> {
   const mode = options.mode ?? 0o644

@@ -3,7 +3,7 @@ import { watch, promises as fs, type FSWatcher } from 'node:fs'
 import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 import { canonicalSerial, checkReason, type RevocationReason } from '../common/ids.js'
-import { fsyncDir, writeFileAtomic } from '../ca/fsutil.js'
+import { fsyncDir, makeDir, writeFileAtomic } from '../ca/fsutil.js'
 import type {
   CertListFilter, CertListing, CertStore, FeedEntry, IssuedCert, Revocation, RevokeResult, StoredCrl,
 } from './types.js'
@@ -181,8 +181,8 @@ export class FileCertStore implements CertStore {
   /** Creates the directory and files when missing and loads the mirror. */
   async open (): Promise<this> {
     try {
-      const made = await fs.mkdir(this.dir, { recursive: true, mode: 0o700 })
-      let created = made !== undefined
+      const dirs = await makeDir(this.dir, 0o700)
+      let created = dirs.length > 1
       for (const file of [this.files.inventory, this.files.revocations]) {
         try {
           await (await fs.open(file, 'wx', 0o600)).close()
@@ -191,12 +191,8 @@ export class FileCertStore implements CertStore {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
         }
       }
-      if (created) {
-        // A new log's name (and a new store directory's) must be durable too, or fsynced records could vanish with it.
-        const dirs = [this.dir]
-        if (made !== undefined) for (let d = this.dir; d !== path.dirname(made) && d !== path.dirname(d); d = path.dirname(d)) dirs.push(path.dirname(d))
-        await Promise.all(dirs.map(fsyncDir))
-      }
+      // A new log's name (and a new store directory's) must be durable too, or fsynced records could vanish with it.
+      if (created) await Promise.all(dirs.map(fsyncDir))
       await Promise.all([this.inventory.refresh(), this.revocationLog.refresh()])
     } catch (err) {
       throw storeError(`open store ${this.dir}`, err)
