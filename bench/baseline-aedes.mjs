@@ -3,15 +3,13 @@
 // devices/+/telemetry. Same TLS settings as the broker. Prints "listening on port N".
 //
 //   node bench/baseline-aedes.mjs --home DIR [--port 0] [--service ingest-1]
-import fs from 'node:fs'
-import path from 'node:path'
 import tls from 'node:tls'
 import { parseArgs } from 'node:util'
+import { brokerTlsOptions } from './servers/tls-options.mjs'
 import { Aedes } from 'aedes'
 
 const { values } = parseArgs({ options: { home: { type: 'string' }, port: { type: 'string', default: '0' }, service: { type: 'string', default: 'ingest-1' } } })
 if (values.home === undefined) { console.error('baseline-aedes: --home DIR is required'); process.exit(2) }
-const read = (f) => fs.readFileSync(path.join(values.home, f), 'utf8')
 const SERVICE = values.service
 
 const aedes = await Aedes.createBroker()
@@ -42,15 +40,7 @@ aedes.authorizeSubscribe = (client, sub, callback) => {
   callback(null, ok ? sub : null)
 }
 
-const server = tls.createServer({
-  key: read('server.key'),
-  cert: read('server.pem'),
-  ca: read('ca-chain.pem'),
-  requestCert: true,
-  rejectUnauthorized: true,
-  minVersion: 'TLSv1.2',
-  handshakeTimeout: 10_000,
-}, (socket) => {
+const server = tls.createServer(brokerTlsOptions(values.home), (socket) => {
   socket.setNoDelay(true)
   aedes.handle(socket)
 })

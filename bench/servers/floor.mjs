@@ -2,24 +2,14 @@
 // Same TLS settings as the broker (our CA only, client certificate required). Prints "listening on port N".
 //
 //   node bench/servers/floor.mjs --home DIR [--port 0]
-import fs from 'node:fs'
-import path from 'node:path'
 import tls from 'node:tls'
 import { parseArgs } from 'node:util'
+import { brokerTlsOptions } from './tls-options.mjs'
 
 const { values } = parseArgs({ options: { home: { type: 'string' }, port: { type: 'string', default: '0' } } })
 if (values.home === undefined) { console.error('floor: --home DIR is required'); process.exit(2) }
-const read = (f) => fs.readFileSync(path.join(values.home, f), 'utf8')
 
-const server = tls.createServer({
-  key: read('server.key'),
-  cert: read('server.pem'),
-  ca: read('ca-chain.pem'),
-  requestCert: true,
-  rejectUnauthorized: true,
-  minVersion: 'TLSv1.2',
-  handshakeTimeout: 10_000,
-}, (socket) => {
+const server = tls.createServer(brokerTlsOptions(values.home), (socket) => {
   socket.setNoDelay(true)
   socket.on('error', () => {})
   // Hold the connection until the client ends it, as a broker holds an idle session.
