@@ -60,8 +60,10 @@ class Trie {
 }
 
 interface ActionTable {
+  /** Subscribe only (decideSubscribe); empty for publish and receive. */
   readonly allow: readonly CompiledEntry[]
   readonly deny: readonly CompiledEntry[]
+  /** Publish and receive only (decideMessage); empty for subscribe. */
   readonly allowTrie: Trie
   readonly denyTrie: Trie
   /**
@@ -163,11 +165,13 @@ function compileStatements (generation: number, statements: readonly Statement[]
     }
     // Subscribe and receive grant a QoS, so their decisions always carry the request's QoS.
     const variants = action !== 'publish' || allow.some((e) => e.retain !== undefined || e.maxQos < 2) || deny.some((e) => e.retain !== undefined)
+    // Publish and receive walk the tries; subscribe compares whole filters against the lists: each keeps only its own.
+    const lists = action === 'subscribe'
     return {
-      allow: allow.length === 0 ? NO_ENTRIES : allow,
-      deny: deny.length === 0 ? NO_ENTRIES : deny,
-      allowTrie: trie(allow),
-      denyTrie: trie(deny),
+      allow: lists && allow.length > 0 ? allow : NO_ENTRIES,
+      deny: lists && deny.length > 0 ? deny : NO_ENTRIES,
+      allowTrie: lists ? EMPTY_TRIE : trie(allow),
+      denyTrie: lists ? EMPTY_TRIE : trie(deny),
       variants,
     }
   }
