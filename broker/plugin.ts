@@ -444,8 +444,13 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       callback(null, null)
       return
     }
-    const granted = d.grantedQos ?? sub.qos
-    callback(null, granted < sub.qos ? { ...sub, qos: granted } : sub)
+    callback(null, atGrantedQos(sub, d.grantedQos))
+  }
+
+  /** The subscription as granted: the same object when the policy leaves its QoS, a copy at the capped QoS otherwise. */
+  function atGrantedQos (sub: Subscription, grantedQos: Qos | undefined): Subscription {
+    const granted = grantedQos ?? sub.qos
+    return granted < sub.qos ? { ...sub, qos: granted } : sub
   }
 
   // Aedes 1.x stores a persistent session's whole SUBSCRIBE packet once any filter in it is granted, refused ones
@@ -454,18 +459,23 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   const sessions = broker.persistence as unknown as { addSubscriptions?: (client: Client, subs: Subscription[]) => Promise<unknown> } | undefined
   const addSubscriptions = sessions?.addSubscriptions
   if (sessions !== undefined && typeof addSubscriptions === 'function') {
+    // Aedes calls this once per granted filter, each time with the whole packet's list: the first call stores what is
+    // granted and the others, with the same list, share its result (one write and N decisions, not N of each).
+    const storing = new WeakMap<Subscription[], Promise<unknown>>()
     sessions.addSubscriptions = function keepGranted (this: unknown, client: Client, subs: Subscription[]) {
       const st = states.get(client)
       if (st === undefined) return addSubscriptions.call(this, client, subs) // not a connection of ours (tools, tests)
+      const earlier = storing.get(subs)
+      if (earlier !== undefined) return earlier
       const kept: Subscription[] = []
       for (const sub of subs) {
         if (checkTopicFilter(sub.topic, topicLimits) !== null || revocation === undefined || revocation.isRevoked(st.identity.serial)) continue
         const d = st.authorizer.subscribe(sub.topic, { qos: (sub.qos ?? 0) as Qos })
-        if (d.effect !== 'allow') continue
-        const granted = d.grantedQos ?? sub.qos
-        kept.push(granted < sub.qos ? { ...sub, qos: granted } : sub)
+        if (d.effect === 'allow') kept.push(atGrantedQos(sub, d.grantedQos))
       }
-      return kept.length === 0 ? Promise.resolve(client) : addSubscriptions.call(this, client, kept)
+      const stored = kept.length === 0 ? Promise.resolve(client) : addSubscriptions.call(this, client, kept)
+      storing.set(subs, stored)
+      return stored
     }
   }
 
