@@ -192,11 +192,16 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
   let issued = 0
   let done = 0
   let stopped = false
+  /** With stopOnError, the first failed line: rows after it that were already signed (the next batch) are dropped. */
+  let stoppedAt = Infinity
   const fail = (row: ManifestRow, err: unknown): void => {
     const f: BulkFailure = { line: row.line, id: row.id, message: oneLine(err).replace(new RegExp(`^${OP}: `), '') }
     failed.push(f)
     options.onRowError?.(f)
-    if (options.stopOnError === true) stopped = true
+    if (options.stopOnError === true) {
+      stopped = true
+      stoppedAt = Math.min(stoppedAt, row.line)
+    }
   }
   const writeFailure = (s: StagedRow, err: unknown, more = ''): void => {
     fail(s.p.row, new ZtError('ZT_IO', `${OP}: cannot write ${s.p.files.join(', ')} (${(err as NodeJS.ErrnoException).code ?? oneLine(err)})${more}`))
@@ -214,7 +219,14 @@ export async function issueBulk (authority: Authority, manifestPath: string, opt
         return false
       }
     }))
-    const durable = staged.filter((_, k) => synced[k])
+    // A flush of an earlier row may have failed while this batch was being signed: with stopOnError, nothing after it.
+    const durable = staged.filter((s, k) => {
+      if (!synced[k]) return false
+      if (s.p.row.line < stoppedAt) return true
+      s.files.forEach(discardStaged)
+      done--
+      return false
+    })
     try {
       // Recorded once its content is durable and before it has a name: a certificate never exists outside the
       // inventory the broker checks, and the inventory never lists one whose file was not written.
