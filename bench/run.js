@@ -173,25 +173,24 @@ if (!Number.isInteger(runs) || runs < 1 || runs > 20) { console.error('bench: --
 if (!/^redis:\/\/(127\.0\.0\.1|localhost)(:\d+)?\/?$/.test(args.redis)) { console.error('bench: --redis must be a redis:// URL on 127.0.0.1, without a path or query'); process.exit(2) }
 
 /** Counts and durations; --quick keeps every workload small enough for the whole run to take under 3 minutes. */
-const opts = quick
-  ? {
-      issuanceCount: 1_000, opensslCount: 10,
-      connectCount: 300, connectWarmup: 50, inFlight: 50,
-      publishers: 20, publishWarmupMs: 500, publishMs: 1_500, window: 32, rate: 5_000, drainMs: 2_000,
-      idleCount: 500, idleSettleMs: 1_000,
-      revDevices: 150, revocations: 20, revLoadCount: 100_000,
-      policyStatements: 10_000,
-      phaseDeadlineMs: 60_000,
-    }
-  : {
-      issuanceCount: 1_000, opensslCount: 50,
-      connectCount: 2_000, connectWarmup: 100, inFlight: 50,
-      publishers: 20, publishWarmupMs: 1_000, publishMs: 5_000, window: 32, rate: 5_000, drainMs: 3_000,
-      idleCount: 5_000, idleSettleMs: 2_000,
-      revDevices: 1_000, revocations: 100, revLoadCount: 1_000_000,
-      policyStatements: 10_000,
-      phaseDeadlineMs: 300_000,
-    }
+const FULL = {
+  issuanceCount: 1_000, opensslCount: 50,
+  connectCount: 2_000, connectWarmup: 100, inFlight: 50,
+  publishers: 20, publishWarmupMs: 1_000, publishMs: 5_000, window: 32, rate: 5_000, drainMs: 3_000,
+  idleCount: 5_000, idleSettleMs: 2_000,
+  revDevices: 1_000, revocations: 100, revLoadCount: 1_000_000,
+  policyStatements: 10_000,
+  phaseDeadlineMs: 300_000,
+}
+const QUICK = {
+  opensslCount: 10,
+  connectCount: 300, connectWarmup: 50,
+  publishWarmupMs: 500, publishMs: 1_500, drainMs: 2_000,
+  idleCount: 500, idleSettleMs: 1_000,
+  revDevices: 150, revocations: 20, revLoadCount: 100_000,
+  phaseDeadlineMs: 60_000,
+}
+const opts = quick ? { ...FULL, ...QUICK } : { ...FULL }
 if (args.rate !== undefined) opts.rate = Number(args.rate)
 if (!Number.isFinite(opts.rate) || opts.rate < 100 || opts.rate > 200_000) { console.error('bench: --rate must be 100-200000 messages/s'); process.exit(2) }
 opts.redisUrl = args.redis.replace(/\/$/, '')
