@@ -4,6 +4,7 @@ import path from 'node:path'
 import { ZtError } from '../common/errors.js'
 import { canonicalSerial, checkReason, type RevocationReason } from '../common/ids.js'
 import { fsyncDir, makeDir, writeFileAtomic } from '../ca/fsutil.js'
+import { FileLock } from './file-lock.js'
 import type {
   CertListFilter, CertListing, CertStore, FeedEntry, IssuedCert, Revocation, RevokeResult, StoredCrl,
 } from './types.js'
@@ -20,7 +21,11 @@ export const FILE_STORE_FILES = {
 export interface FileStoreOptions {
   /** Give up waiting for another process's lock after this long (default 10 000 ms). */
   lockTimeoutMs?: number
-  /** A lock older than this is taken to be left by a crashed process (default 30 000 ms). */
+  /**
+   * A lock whose holder runs on another host or container (so its pid cannot be checked) counts as abandoned once it
+   * has not been touched for this long (default 30 000 ms; holders touch it every quarter of that). A holder on this
+   * host is checked by pid: its lock is broken as soon as it dies, never while it runs.
+   */
   staleLockMs?: number
   /**
    * Feed poll interval where fs.watch is unavailable (default 25 ms). While fs.watch is armed the poll only backs it
@@ -40,20 +45,6 @@ function storeError (operation: string, err: unknown): ZtError {
   return new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: file store unavailable (${code ?? (err instanceof Error ? err.message : String(err))})`, {}, { cause: err })
 }
 
-function sleep (ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
-
-/** Whether a process with this pid is alive on this host (EPERM means alive but not ours). */
-function pidAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 /**
  * An append-only JSONL file mirrored in memory. Only complete lines count: a line without its newline is
  * either still being written or torn by a crash, and the next writer truncates it away under the lock.
@@ -61,59 +52,78 @@ function pidAlive (pid: number): boolean {
 class JsonlFile<T> {
   /** Bytes through the last complete line already parsed. */
   offset = 0
-  private refreshing: Promise<void> | null = null
+  private running: Promise<void> | null = null
+  private next: Promise<void> | null = null
 
   constructor (readonly file: string, private readonly onLine: (value: T, endOffset: number) => void, private readonly onReset: () => void) {}
 
-  /** Brings the mirror up to the file's current size; cheap (one stat) when nothing changed. */
+  /**
+   * Brings the mirror up to the file as it was when called; cheap (one stat) when nothing changed. A writer relies on
+   * that under the lock: it must see every line other processes appended before it took the lock.
+   */
   async refresh (): Promise<void> {
-    // Single flight: concurrent callers share one read instead of racing on the offset.
-    this.refreshing ??= this.doRefresh().finally(() => { this.refreshing = null })
-    await this.refreshing
+    if (this.running === null) {
+      this.running = this.doRefresh().finally(() => { this.running = null })
+      await this.running
+      return
+    }
+    // The read in flight may have looked at the file before this call: queue one more, shared by all who wait for it.
+    this.next ??= this.running.catch(() => {}).then(async () => {
+      this.next = null
+      await this.refresh()
+    })
+    await this.next
   }
 
   private async doRefresh (): Promise<void> {
+    // A writer in this process may mirror its own lines while we wait (append()): the offset can move under us.
+    const parsed = this.offset
     const { size } = await fs.stat(this.file)
-    if (size < this.offset) {
+    if (size < parsed) {
       // Only a torn tail is ever truncated, below what we parsed, so shrinking past it means the file was replaced.
       this.offset = 0
       this.onReset()
     }
-    if (size === this.offset) return
+    if (size <= this.offset) return
     const { lines } = await readLines(this.file, this.offset, size)
     for (const { value, end } of lines) {
+      if (end <= this.offset) continue
       this.onLine(JSON.parse(value) as T, end)
       this.offset = end
     }
   }
 
-  /** Under the writer's lock: drops a torn tail left by a crashed writer, then appends whole lines and fsyncs. */
+  /**
+   * Under the writer's lock, after the refresh() its checks were made on: drops a torn tail left by a crashed writer,
+   * then appends whole lines and fsyncs.
+   */
   async append (values: readonly unknown[]): Promise<void> {
     if (values.length === 0) return
-    await this.refresh()
     const at = this.offset
     const lines = values.map((v) => JSON.stringify(v) + '\n')
     const text = Buffer.from(lines.join(''), 'utf8')
     const handle = await fs.open(this.file, 'r+')
     try {
       const { size } = await handle.stat()
-      if (size > at) await handle.truncate(at)
+      if (size > at) {
+        // Past what we parsed there may only be a torn line. A newline there is a record we never saw: the lock
+        // did not keep another writer out, and truncating would destroy what it wrote.
+        const tail = Buffer.alloc(size - at)
+        await handle.read(tail, 0, tail.length, at)
+        if (tail.includes(NL)) throw new ZtError('ZT_STORE_UNAVAILABLE', `${this.file} has records written without the store lock; nothing written`)
+        await handle.truncate(at)
+      }
       await handle.write(text, 0, text.length, at)
       await handle.sync()
     } finally {
       await handle.close()
     }
     // Nobody else writes under the lock, so the file now ends with exactly these lines: mirror them from memory
-    // instead of reading them back. A refresh that ran meanwhile (a reader in this process) may have taken some
-    // already; then let refresh() sort it out from the file.
-    await this.refreshing?.catch(() => {})
-    if (this.offset !== at) {
-      await this.refresh()
-      return
-    }
+    // instead of reading them back. A reader's refresh in this process may have taken some already.
     let end = at
     for (const line of lines) {
       end += Buffer.byteLength(line, 'utf8')
+      if (end <= this.offset) continue
       this.onLine(JSON.parse(line) as T, end)
       this.offset = end
     }
@@ -144,7 +154,7 @@ export class FileCertStore implements CertStore {
   readonly backend = 'file' as const
   readonly dir: string
   private readonly files: Record<keyof typeof FILE_STORE_FILES, string>
-  private readonly lockTimeoutMs: number
+  private readonly lock: FileLock
   private readonly staleLockMs: number
   private readonly pollMs: number
 
@@ -168,8 +178,8 @@ export class FileCertStore implements CertStore {
       crl: path.join(dir, FILE_STORE_FILES.crl),
       lock: path.join(dir, FILE_STORE_FILES.lock),
     }
-    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000
     this.staleLockMs = options.staleLockMs ?? 30_000
+    this.lock = new FileLock(this.files.lock, { timeoutMs: options.lockTimeoutMs ?? 10_000, staleMs: this.staleLockMs })
     this.pollMs = options.pollMs ?? 25
     this.inventory = new JsonlFile<IssuedCert>(this.files.inventory, (c) => { this.issued.set(c.serial, c) }, () => { this.issued.clear() })
     this.revocationLog = new JsonlFile<Revocation>(this.files.revocations, (r) => {
@@ -211,62 +221,29 @@ export class FileCertStore implements CertStore {
     this.queue = new Promise((resolve) => { release = resolve })
     await previous
     try {
-      await this.acquireFileLock(operation)
+      const hold = await this.lock.acquire(operation).catch((err: unknown) => { throw storeError(operation, err) })
+      let result: T
       try {
-        return await fn()
+        result = await fn()
       } catch (err) {
+        await hold.release().catch(() => {})
         throw storeError(operation, err)
-      } finally {
-        // unlink alone: rm would lstat first, one more thread-pool round trip on every store write.
-        await fs.unlink(this.files.lock).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
       }
+      const ours = await hold.release().catch((err: unknown) => { throw storeError(operation, err) })
+      // Another writer may have run meanwhile: a false failure (the caller can look) beats a false success.
+      if (!ours) {
+        throw new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: the store lock ${this.files.lock} was broken while this process held it (silent for more than ${this.staleLockMs} ms); check the result before retrying`)
+      }
+      return result
     } finally {
       release()
     }
   }
 
-  private async acquireFileLock (operation: string): Promise<void> {
-    const deadline = Date.now() + this.lockTimeoutMs
-    for (;;) {
-      try {
-        const handle = await fs.open(this.files.lock, 'wx', 0o600)
-        await handle.writeFile(`${process.pid} ${Date.now()}\n`)
-        await handle.close()
-        return
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw storeError(operation, err)
-      }
-      await this.breakStaleLock()
-      if (Date.now() > deadline) {
-        throw new ZtError('ZT_STORE_UNAVAILABLE', `${operation}: the store lock ${this.files.lock} is held by another process for more than ${this.lockTimeoutMs} ms`)
-      }
-      await sleep(2 + Math.random() * 8)
-    }
-  }
-
-  private async breakStaleLock (): Promise<void> {
-    let text: string
-    let mtimeMs: number
-    try {
-      text = await fs.readFile(this.files.lock, 'utf8')
-      mtimeMs = (await fs.stat(this.files.lock)).mtimeMs
-    } catch {
-      return
-    }
-    const [pidText, atText] = text.trim().split(' ')
-    const pid = Number(pidText)
-    const at = Number(atText)
-    // An empty lock file is usually one being written right now, but a crash between creating and writing it leaves
-    // it empty for good: past staleLockMs by the file's own age, it is stale too.
-    const stale = (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) ||
-      (Number.isFinite(at) && at > 0 && Date.now() - at > this.staleLockMs) ||
-      (text.trim() === '' && Date.now() - mtimeMs > this.staleLockMs)
-    if (stale) await fs.rm(this.files.lock, { force: true })
-  }
-
   async recordIssued (certs: readonly IssuedCert[]): Promise<void> {
     if (certs.length === 0) return
     await this.withLock('record issued', async () => {
+      // The one read under the lock: append() writes at the end it found.
       await this.inventory.refresh()
       const fresh: IssuedCert[] = []
       const seen = new Set<string>()

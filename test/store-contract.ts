@@ -211,6 +211,22 @@ export function storeContract (name: string, makeStore: () => Promise<StoreUnder
       expect((await store.loadCrl())?.number).toBe(10n)
     })
 
+    it('a writer sees what another instance wrote before it', async (ctx) => {
+      if (t.openSecond === undefined) { ctx.skip(); return }
+      const other = await t.openSecond()
+      extra.push(other)
+      // Both instances have read everything once; then only `other` learns of c through its own write.
+      await Promise.all([store.list(), other.list()])
+      const c = testCert()
+      await other.recordIssued([c])
+      const [revoked] = await store.revoke([c.serial], 'superseded')
+      expect(revoked?.created).toBe(true)
+      const [again] = await other.revoke([c.serial], 'keyCompromise')
+      expect(again?.created).toBe(false)
+      expect(again?.revocation.reason).toBe('superseded')
+      expect((await other.loadRevocations()).revocations.map((r) => r.serial)).toEqual([c.serial])
+    })
+
     it('reports backend and closes', async () => {
       expect(['file', 'redis']).toContain(store.backend)
     })
