@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { oneLine, ZtError } from '../common/errors.js'
 import type { CertStore, Revocation } from '../store/types.js'
+import { RevokedSet } from './revoked-set.js'
 
 export interface RevocationMirrorOptions {
   /**
@@ -47,7 +48,7 @@ export class RevocationMirror extends EventEmitter {
   readonly #maxStalenessMs: number
   readonly #blockMs: number
   readonly #logger: Logger | undefined
-  readonly #revoked = new Map<string, Revocation>()
+  #revoked = new RevokedSet()
   #cursor = ''
   /** performance.now() when the last read that confirmed currency was issued; -Infinity before the first load. */
   #confirmedAt = Number.NEGATIVE_INFINITY
@@ -82,16 +83,25 @@ export class RevocationMirror extends EventEmitter {
 
   async #load (): Promise<void> {
     const issuedAt = performance.now()
-    let loaded: { revocations: Revocation[], cursor: string }
+    // Filled aside: a load that fails half-way leaves nothing behind for the next attempt to trip over.
+    const revoked = new RevokedSet()
+    let cursor: string
     try {
-      loaded = await this.#store.loadRevocations()
+      const packed = await this.#store.loadRevocationsInto?.(revoked)
+      if (packed !== undefined) {
+        cursor = packed.cursor
+      } else {
+        const loaded = await this.#store.loadRevocations()
+        for (const r of loaded.revocations) revoked.add(r)
+        cursor = loaded.cursor
+      }
     } catch (err) {
       this.#logger?.error({ event: 'revocation.load_failed', backend: this.#store.backend, err: oneLine(err) }, 'revocation mirror: cannot load revocations; admitting no one')
       throw err
     }
     if (this.#closed) return
-    for (const r of loaded.revocations) this.#revoked.set(r.serial, r)
-    this.#cursor = loaded.cursor
+    this.#revoked = revoked
+    this.#cursor = cursor
     this.#confirmedAt = issuedAt
     this.#started = true
     this.#setConnected(true)
@@ -108,7 +118,7 @@ export class RevocationMirror extends EventEmitter {
     return this.#revoked.has(serial)
   }
 
-  /** The record for a revoked serial (for audit lines), else undefined. */
+  /** The record for a revoked serial (for audit lines), else undefined; decoded on each call. */
   get (serial: string): Revocation | undefined {
     return this.#revoked.get(serial)
   }
@@ -160,8 +170,7 @@ export class RevocationMirror extends EventEmitter {
 
   #apply (revocation: Revocation): void {
     // The load and the first reads can overlap; a serial is news only once.
-    if (this.#revoked.has(revocation.serial)) return
-    this.#revoked.set(revocation.serial, revocation)
+    if (!this.#revoked.add(revocation)) return
     const latencyMs = Date.now() - Date.parse(revocation.revokedAt)
     try {
       this.emit('revoked', revocation, latencyMs)

@@ -49,6 +49,15 @@ export interface RevokeResult {
   created: boolean
 }
 
+/**
+ * Takes revocation records in bulk as packed bytes, "serial id reason revokedAt notAfter" in ASCII
+ * (store/packed-record.ts), so a store can hand a million of them over without making an object of each.
+ */
+export interface PackedRevocationSink {
+  /** Copies what it keeps (the caller may reuse `record`); throws on a record that is not five fields. */
+  addPacked (record: Uint8Array): void
+}
+
 export interface StoredCrl {
   der: Uint8Array
   number: bigint
@@ -81,6 +90,13 @@ export interface CertStore {
 
   /** Every revocation, in feed order, and the cursor just after the last: what a node loads its mirror from. */
   loadRevocations (): Promise<{ revocations: Revocation[], cursor: string }>
+
+  /**
+   * Optional, for stores that keep records packed: what loadRevocations gives, handed to `sink` record by record
+   * in feed order instead of as objects. Rejects (having fed part of them) if the store cannot be read or a record is
+   * malformed; a caller keeps the sink's contents only when it resolves.
+   */
+  loadRevocationsInto? (sink: PackedRevocationSink): Promise<{ count: number, cursor: string }>
 
   /**
    * Feed entries after `cursor`, in order. Waits up to `blockMs` for the first new entry; resolves with []

@@ -3,11 +3,12 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { Redis } from 'ioredis'
 import { afterEach, describe, expect, it } from 'vitest'
 import { RevocationMirror, type MirrorState } from '../broker/revocation.js'
 import { canonicalSerial } from '../common/ids.js'
 import { openFileStore } from '../store/file.js'
-import { openRedisStore } from '../store/redis.js'
+import { openRedisStore, type RedisCertStore } from '../store/redis.js'
 import type { CertStore, IssuedCert, Revocation } from '../store/types.js'
 import { deletePrefix, eventually, REDIS_URL, TcpProxy, testPrefix } from './helpers/redis.js'
 
@@ -92,6 +93,9 @@ describe.each(backends)('revocation mirror on the $name store', ({ make }) => {
     expect(mirror.isRevoked(b.serial)).toBe(true)
     expect(mirror.isRevoked(c.serial)).toBe(false)
     expect(mirror.get(a.serial)).toMatchObject({ serial: a.serial, id: 'a', reason: 'keyCompromise' })
+    // Every detail as the store keeps it (the mirror packs records and decodes them on demand).
+    expect(mirror.get(a.serial)).toEqual(await ca.getRevocation(a.serial))
+    expect(mirror.get(c.serial)).toBeUndefined()
     expect(mirror.state()).toMatchObject({ size: 2, current: true, connected: true })
     expect(seen.revoked).toEqual([])
     expect(seen.states.at(-1)).toMatchObject({ current: true, connected: true })
@@ -118,6 +122,7 @@ describe.each(backends)('revocation mirror on the $name store', ({ make }) => {
     await new Promise((resolve) => setTimeout(resolve, 300))
     expect(seen.revoked).toHaveLength(3)
     expect(mirror.get(a.serial)?.reason).toBe('superseded')
+    expect(mirror.get(b2.serial)).toEqual(seen.revoked[2])
   })
 
   it('keeps revocations across a restart of the store and the mirror', async () => {
@@ -202,6 +207,35 @@ describe('revocation mirror through a Redis outage', () => {
     proxy.restore()
     await eventually(() => mirror.state().current && mirror.state().connected, 15_000, 'current to turn true again')
     await eventually(() => seen.states.at(-1)?.current === true, 10_000, "a 'state' event with current true")
+  })
+
+  it('admits no one when the store holds a malformed record: the load fails rather than skip it', async () => {
+    const { ca, mirror } = await setup()
+    const a = cert('a')
+    await ca.recordIssued([a])
+    await ca.revoke([a.serial], 'keyCompromise')
+    const raw = new Redis(REDIS_URL)
+    cleanups.push(async () => { raw.disconnect() })
+    await raw.xadd((ca as RedisCertStore).keys.revocations, '*', 'r', `${cert('b').serial} b keyCompromise`)
+    await expect(mirror.start()).rejects.toMatchObject({ code: 'ZT_STORE_UNAVAILABLE', message: expect.stringMatching(/malformed revocation record/) })
+    expect(mirror.state()).toMatchObject({ current: false, size: 0 })
+  })
+
+  it('stops confirming it is current when a malformed record arrives on the feed', async () => {
+    const { ca, mirror } = await setup({ maxStalenessMs: 300 })
+    const [a, b] = [cert('a'), cert('b')]
+    await ca.recordIssued([a, b])
+    await ca.revoke([a.serial], 'keyCompromise')
+    await mirror.start()
+    expect(mirror.state().current).toBe(true)
+    const raw = new Redis(REDIS_URL)
+    cleanups.push(async () => { raw.disconnect() })
+    await raw.xadd((ca as RedisCertStore).keys.revocations, '*', 'x', 'not a record')
+    await ca.revoke([b.serial], 'keyCompromise')
+    await eventually(() => !mirror.state().current, 10_000, 'current to turn false')
+    expect(mirror.isRevoked(a.serial)).toBe(true)
+    expect(mirror.state().connected).toBe(false)
+    await expect(ca.readFeed('0-0', { blockMs: 0 })).rejects.toThrow(/malformed feed entry .* expected one field 'r'/)
   })
 
   it('refuses to start while Redis is down, and can start once it is back', async () => {

@@ -6,7 +6,8 @@ import { isZtError } from '../common/errors.js'
 import { canonicalSerial } from '../common/ids.js'
 import { escapePart, redisKeys } from '../store/redis-keys.js'
 import { openRedisStore, type RedisCertStore } from '../store/redis.js'
-import type { IssuedCert } from '../store/types.js'
+import { parsePackedRecord } from '../store/packed-record.js'
+import type { IssuedCert, Revocation } from '../store/types.js'
 import { deletePrefix, REDIS_URL, startRedisServer, TcpProxy, testPrefix } from './helpers/redis.js'
 
 function cert (id: string, overrides: Partial<IssuedCert> = {}): IssuedCert {
@@ -131,6 +132,26 @@ describe('redis store', () => {
     expect(await s.readFeed(cursor, { blockMs: 0 })).toEqual([])
     expect((await s.list({ id: 'd7' })).length).toBe(250)
     expect((await s.list({ status: 'revoked' })).length).toBe(25_000)
+    // The packed path a mirror loads from hands over the same records, in the same order, up to the same cursor.
+    const packed: Revocation[] = []
+    const into = await s.loadRevocationsInto({ addPacked: (record) => { packed.push(parsePackedRecord(Buffer.from(record).toString('latin1'))) } })
+    expect(into).toEqual({ count: 25_000, cursor })
+    expect(packed).toEqual(revocations)
+  })
+
+  it('fails a load on a malformed feed entry instead of skipping it', async () => {
+    const s = await store()
+    const r = await raw()
+    const a = cert('a')
+    await s.recordIssued([a])
+    await s.revoke([a.serial], 'keyCompromise')
+    await r.xadd(s.keys.revocations, '*', 'x', `${a.serial} a keyCompromise 2025-01-01T00:00:00.000Z 2099-01-01T00:00:00.000Z`)
+    const sink = { addPacked: () => {} }
+    await expect(s.loadRevocations()).rejects.toMatchObject({ code: 'ZT_STORE_UNAVAILABLE', message: expect.stringMatching(/malformed feed entry .* expected one field 'r'/) })
+    await expect(s.loadRevocationsInto(sink)).rejects.toMatchObject({ code: 'ZT_STORE_UNAVAILABLE' })
+    await r.del(s.keys.revocations)
+    await r.xadd(s.keys.revocations, '*', 'r', `${a.serial} a keyCompromise`)
+    await expect(s.loadRevocations()).rejects.toMatchObject({ code: 'ZT_STORE_UNAVAILABLE', message: expect.stringMatching(/malformed revocation record/) })
   })
 
   it('keeps only a higher CRL number, beyond 2^53 too', async () => {
