@@ -27,12 +27,13 @@ function toDer (input: string | Uint8Array, operation: string): Uint8Array {
   if (input.length > MAX_CSR_BYTES) throw new ZtError('ZT_BAD_CSR', `${operation}: CSR of ${input.length} bytes is too large`)
   // DER starts with a SEQUENCE tag; anything else is taken for PEM text.
   if (typeof input !== 'string' && input[0] === TAG.SEQUENCE) return input
-  const text = typeof input === 'string' ? input : Buffer.from(input).toString('latin1')
+  const text = typeof input === 'string' ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength).toString('latin1')
   const m = /-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([\s\S]*?)-----END (?:NEW )?CERTIFICATE REQUEST-----/.exec(text)
   if (m === null) throw new ZtError('ZT_BAD_CSR', `${operation}: not a certificate request (no BEGIN CERTIFICATE REQUEST block, and not DER)`)
-  const body = (m[1] ?? '').replace(/\s+/g, '')
-  if (body.length === 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(body)) throw new ZtError('ZT_BAD_CSR', `${operation}: the CSR's PEM body is not base64`)
-  return new Uint8Array(Buffer.from(body, 'base64'))
+  const body = m[1] ?? ''
+  // Base64 with whitespace anywhere (Node's decoder skips it): checked here, since the decoder would skip junk too.
+  if (!/^[A-Za-z0-9+/\s]*(?:=\s*){0,2}$/.test(body) || !/[^\s=]/.test(body)) throw new ZtError('ZT_BAD_CSR', `${operation}: the CSR's PEM body is not base64`)
+  return Buffer.from(body, 'base64')
 }
 
 interface CsrParts {
@@ -46,9 +47,16 @@ interface CsrParts {
 function parseCsr (der: Uint8Array): CsrParts {
   const outer = readTlv(der)
   if (outer.tag !== TAG.SEQUENCE || outer.raw.length !== der.length) throw new Error('not a single DER SEQUENCE')
-  const [info, alg, sig, ...extra] = children(outer.value)
-  if (info?.tag !== TAG.SEQUENCE || alg?.tag !== TAG.SEQUENCE || sig?.tag !== TAG.BIT_STRING || extra.length > 0) throw new Error('not a CertificationRequest')
-  const [version, subject, spki] = children(info.value)
+  // Indexed rather than destructured: this runs once per row of a bulk run.
+  const top = children(outer.value)
+  const info = top[0]
+  const alg = top[1]
+  const sig = top[2]
+  if (top.length !== 3 || info?.tag !== TAG.SEQUENCE || alg?.tag !== TAG.SEQUENCE || sig?.tag !== TAG.BIT_STRING) throw new Error('not a CertificationRequest')
+  const fields = children(info.value)
+  const version = fields[0]
+  const subject = fields[1]
+  const spki = fields[2]
   if (version?.tag !== TAG.INTEGER || version.value.length !== 1 || version.value[0] !== 0) throw new Error('unknown CSR version')
   if (subject?.tag !== TAG.SEQUENCE || spki?.tag !== TAG.SEQUENCE) throw new Error('CertificationRequestInfo without subject and key')
   const algOid = children(alg.value)[0]
@@ -58,9 +66,35 @@ function parseCsr (der: Uint8Array): CsrParts {
 }
 
 const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1'
-const EC_CURVES: Record<string, { crv: string, bytes: number, description: KeyDescription, algorithm: Uint8Array }> = {
-  '1.2.840.10045.3.1.7': { crv: 'P-256', bytes: 32, description: { type: 'ec-p256', label: 'EC P-256' }, algorithm: seq(oid(OID_EC_PUBLIC_KEY), oid('1.2.840.10045.3.1.7')) },
-  '1.3.132.0.34': { crv: 'P-384', bytes: 48, description: { type: 'ec-p384', label: 'EC P-384' }, algorithm: seq(oid(OID_EC_PUBLIC_KEY), oid('1.3.132.0.34')) },
+
+interface EcCurve {
+  crv: string
+  bytes: number
+  description: KeyDescription
+  /** The named-curve SubjectPublicKeyInfo of an uncompressed point, up to and including the point's 0x04 byte. */
+  prefix: Uint8Array
+  /** Its whole length: prefix and the two coordinates. */
+  spkiLength: number
+}
+
+function ecCurve (curveOid: string, crv: string, bytes: number, description: KeyDescription): EcCurve {
+  const point = new Uint8Array(1 + 2 * bytes)
+  point[0] = 0x04
+  const spki = seq(seq(oid(OID_EC_PUBLIC_KEY), oid(curveOid)), bitString(point))
+  return { crv, bytes, description, prefix: spki.slice(0, spki.length - 2 * bytes), spkiLength: spki.length }
+}
+
+const EC_CURVES: Record<string, EcCurve> = {
+  '1.2.840.10045.3.1.7': ecCurve('1.2.840.10045.3.1.7', 'P-256', 32, { type: 'ec-p256', label: 'EC P-256' }),
+  '1.3.132.0.34': ecCurve('1.3.132.0.34', 'P-384', 48, { type: 'ec-p384', label: 'EC P-384' }),
+}
+const EC_CURVE_LIST = Object.values(EC_CURVES)
+
+/** Whether bytes start with prefix. */
+function startsWith (bytes: Uint8Array, prefix: Uint8Array): boolean {
+  if (bytes.length < prefix.length) return false
+  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false
+  return true
 }
 
 interface ImportedKey {
@@ -76,6 +110,12 @@ interface ImportedKey {
  * bulk issuance. OpenSSL still checks the point is on the curve. Everything else takes the generic path.
  */
 function importKey (spki: Uint8Array, operation: string): ImportedKey {
+  // The common case first, without taking the SPKI apart: byte for byte the DER of a named P-256 or P-384 curve and
+  // an uncompressed point. DER has one encoding per value, so this is exactly the SPKI the generic path below
+  // accepts for such a key and re-encodes to the same bytes.
+  for (const curve of EC_CURVE_LIST) {
+    if (spki.length === curve.spkiLength && startsWith(spki, curve.prefix)) return importEcPoint(spki, spki.length - 2 * curve.bytes, curve)
+  }
   // The SPKI is checked strictly here because its shape decides what the CA signs: an algorithm and a key, nothing
   // more, a BIT STRING without unused bits, and EC keys that name their curve (RFC 5480 forbids explicit parameters,
   // which Go, BoringSSL and rustls refuse). verifyCsr also re-encodes the key before it goes into a certificate.
@@ -93,20 +133,27 @@ function importKey (spki: Uint8Array, operation: string): ImportedKey {
     const curve = EC_CURVES[readOid(params.value)]
     const point = bits.value.subarray(1)
     if (curve !== undefined && point[0] === 0x04 && point.length === 1 + 2 * curve.bytes) {
-      const jwk = {
-        kty: 'EC',
-        crv: curve.crv,
-        x: Buffer.from(point.subarray(1, 1 + curve.bytes)).toString('base64url'),
-        y: Buffer.from(point.subarray(1 + curve.bytes)).toString('base64url'),
-      }
-      const key = createPublicKey({ key: jwk, format: 'jwk' })
-      // What key.export({ type: 'spki' }) gives for a named-curve key, byte for byte (a test holds it to that),
-      // built here from the point OpenSSL just accepted: the algorithm and curve OIDs and the uncompressed point.
-      return { key, description: curve.description, spki: seq(curve.algorithm, bitString(point)) }
+      // What key.export({ type: 'spki' }) gives for a named-curve key, byte for byte (a test holds it to that).
+      const canonical = new Uint8Array(curve.spkiLength)
+      canonical.set(curve.prefix)
+      canonical.set(point.subarray(1), curve.prefix.length)
+      return importEcPoint(canonical, curve.prefix.length, curve)
     }
   }
   const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' })
   return { key, description: describePublicKey(key, operation) }
+}
+
+/**
+ * Imports an uncompressed EC point through JWK; `spki` is the canonical SubjectPublicKeyInfo it sits in, at `at`
+ * (after the 0x04 byte). OpenSSL still checks the point is on the curve.
+ */
+function importEcPoint (spki: Uint8Array, at: number, curve: EcCurve): ImportedKey {
+  const view = Buffer.from(spki.buffer, spki.byteOffset, spki.byteLength)
+  const jwk = { kty: 'EC', crv: curve.crv, x: view.toString('base64url', at, at + curve.bytes), y: view.toString('base64url', at + curve.bytes, at + 2 * curve.bytes) }
+  const key = createPublicKey({ key: jwk, format: 'jwk' })
+  // The certificate carries its own copy: never a view into the caller's buffer.
+  return { key, description: curve.description, spki: spki.slice() }
 }
 
 /**

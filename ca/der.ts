@@ -25,6 +25,11 @@ function lengthBytes (n: number): number[] {
   return [0x80 | out.length, ...out]
 }
 
+/** Size of a whole TLV (tag, length, contents) whose contents are n bytes. */
+export function tlvLength (n: number): number {
+  return (n < 0x80 ? 2 : n < 0x100 ? 3 : n < 0x10000 ? 4 : n < 0x1000000 ? 5 : 6) + n
+}
+
 /** One TLV from a tag and already-encoded contents. */
 export function tlv (tag: number, ...contents: Uint8Array[]): Uint8Array {
   let len = 0
@@ -146,4 +151,51 @@ export function readOid (value: Uint8Array): string {
 /** Byte-for-byte equality of two DER values (or any byte strings). */
 export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0
+}
+
+/**
+ * Writes DER back to front into one buffer: the last child first, then each constructed value's header once its
+ * contents are in place, so every length is known when it is written and no intermediate arrays are made (the leaf
+ * hot path builds a TBSCertificate per row). Writing past the start throws instead of corrupting.
+ */
+export class DerBackWriter {
+  /** Start of what has been written so far; everything from here to the end of buf is the output. */
+  pos: number
+
+  constructor (readonly buf: Buffer) {
+    this.pos = buf.length
+  }
+
+  private room (n: number): void {
+    if (n > this.pos) throw new DerError('DER output buffer too small')
+  }
+
+  /** Already-encoded bytes (whole TLVs, or contents). */
+  bytes (b: Uint8Array): void {
+    this.room(b.length)
+    this.pos -= b.length
+    this.buf.set(b, this.pos)
+  }
+
+  /** A string's UTF-8 bytes (contents of a string TLV). */
+  text (s: string): void {
+    const n = Buffer.byteLength(s, 'utf8')
+    this.room(n)
+    this.pos -= n
+    this.buf.write(s, this.pos, n, 'utf8')
+  }
+
+  /** Makes everything written since `end` (an earlier pos) the contents of one TLV with this tag. */
+  wrap (tag: number, end: number): void {
+    let len = end - this.pos
+    this.room(tlvLength(len) - len)
+    if (len < 0x80) {
+      this.buf[--this.pos] = len
+    } else {
+      let n = 0
+      for (; len > 0; len = Math.floor(len / 256)) { this.buf[--this.pos] = len & 0xff; n++ }
+      this.buf[--this.pos] = 0x80 | n
+    }
+    this.buf[--this.pos] = tag
+  }
 }

@@ -13,12 +13,14 @@ export interface AtomicWriteOptions {
   operation?: string
 }
 
-/** Random per process, then counted: unique names without a random draw per file (bulk issuance makes thousands). */
-const TMP_PREFIX = randomBytes(4).toString('hex')
+/** The pid and a random tag, then a count: unique names without a random draw (or a getpid) per file. */
+const TMP_PREFIX = `${process.pid}.${randomBytes(4).toString('hex')}`
 let tmpCount = 0
 
+/** `.<name>.<pid>.<unique>.tmp` beside the file (string slicing: bulk issuance names thousands, path.* costs more). */
 function tmpName (file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${TMP_PREFIX}${(tmpCount++).toString(36)}.tmp`)
+  const at = file.lastIndexOf(path.sep) + 1
+  return `${file.slice(0, at)}.${file.slice(at)}.${TMP_PREFIX}${(tmpCount++).toString(36)}.tmp`
 }
 
 /** Syncs a directory so a rename in it survives a crash; some platforms cannot, which is harmless. */

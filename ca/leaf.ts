@@ -2,7 +2,7 @@
 import { hash, sign as nodeSign, type KeyObject } from 'node:crypto'
 import { ZtError } from '../common/errors.js'
 import { spiffeUri, type Kind } from '../common/ids.js'
-import { bitString, children, explicit, integerFromBytes, octetString, oid, readOid, readTlv, seq, set, TAG, time, tlv, utf8String, type Tlv } from './der.js'
+import { children, DerBackWriter, explicit, integerFromBytes, octetString, oid, readOid, readTlv, seq, TAG, time, tlv, tlvLength, type Tlv } from './der.js'
 import type { KeyType } from './keys.js'
 
 const OID = {
@@ -23,16 +23,8 @@ const OID = {
 const TRUE = tlv(0x01, new Uint8Array([0xff]))
 const VERSION_3 = explicit(0, integerFromBytes(new Uint8Array([2])))
 
-/** OIDs encoded once: the per-certificate parts below are built for every leaf of a bulk run. */
-const OID_DER = new Map<string, Uint8Array>()
-function oidDer (id: string): Uint8Array {
-  let der = OID_DER.get(id)
-  if (der === undefined) { der = oid(id); OID_DER.set(id, der) }
-  return der
-}
-
 function extension (id: string, critical: boolean, value: Uint8Array): Uint8Array {
-  return critical ? seq(oidDer(id), TRUE, octetString(value)) : seq(oidDer(id), octetString(value))
+  return critical ? seq(oid(id), TRUE, octetString(value)) : seq(oid(id), octetString(value))
 }
 
 /** The constant part of the profile: CA:FALSE and digitalSignature (both critical), clientAuth only. */
@@ -51,9 +43,10 @@ function signatureAlgorithm (keyType: KeyType): { algorithm: Uint8Array, hash: s
 
 /** RFC 5280 section 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING's value (without the unused-bits octet). */
 export function keyIdentifier (spki: Uint8Array): Uint8Array {
-  const parts = children(readTlv(spki).value)
-  const bits = parts[1]
-  if (bits === undefined || bits.tag !== 0x03) throw new Error('SubjectPublicKeyInfo without a BIT STRING')
+  // SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
+  const { value } = readTlv(spki)
+  const bits = readTlv(value, readTlv(value).raw.length)
+  if (bits.tag !== TAG.BIT_STRING) throw new Error('SubjectPublicKeyInfo without a BIT STRING')
   // One-shot hash: no Hash object per leaf.
   return hash('sha1', bits.value.subarray(1), 'buffer')
 }
@@ -116,11 +109,26 @@ export interface LeafFields {
   spki: Uint8Array
 }
 
+/** The encoded attribute types of the leaf subject and the OIDs of the per-leaf extensions. */
+const OU_TYPE = oid(OID.organizationalUnit)
+const CN_TYPE = oid(OID.commonName)
+const SAN_TYPE = oid(OID.subjectAltName)
+const SKI_TYPE = oid(OID.subjectKeyId)
+const ZERO_OCTET = new Uint8Array([0])
+
 export class LeafSigner {
   private readonly issuerName: Uint8Array
   private readonly algorithm: Uint8Array
   private readonly hash: string
+  /** basicConstraints, keyUsage and extKeyUsage: the same bytes in every leaf (its SAN, SKI and the AKI follow). */
+  private readonly fixedExtensions: Uint8Array
   private readonly authorityKeyId: Uint8Array
+  /** Room for a TBSCertificate's fixed parts; the per-leaf ones are added to it in sign. */
+  private readonly fixedLength: number
+  /** The TBSCertificate is written here, back to front, and signed in place (sign is synchronous, so one suffices). */
+  private scratch = Buffer.allocUnsafe(2048)
+  /** notBefore/notAfter change once a second at most: a bulk run encodes its validity once per second, not per leaf. */
+  private validity: { notBefore: number, notAfter: number, der: Uint8Array } = { notBefore: NaN, notAfter: NaN, der: new Uint8Array(0) }
 
   /**
    * @param issuingDer DER of the issuing CA certificate (its subject becomes every leaf's issuer, byte for byte)
@@ -136,36 +144,86 @@ export class LeafSigner {
     const alg = signatureAlgorithm(keyType)
     this.algorithm = alg.algorithm
     this.hash = alg.hash
+    this.fixedExtensions = Buffer.concat([BASIC_CONSTRAINTS_LEAF, KEY_USAGE_DIGITAL_SIGNATURE, EKU_CLIENT_AUTH])
     this.authorityKeyId = extension(OID.authorityKeyId, false, seq(tlv(0x80, issuingKeyId)))
+    // Fixed parts, plus generous room for the serial, validity, SKI, the OIDs and every header.
+    this.fixedLength = VERSION_3.length + this.algorithm.length + this.issuerName.length + this.fixedExtensions.length +
+      this.authorityKeyId.length + 3 * trustDomain.length + 512
+  }
+
+  private validityDer (notBefore: Date, notAfter: Date): Uint8Array {
+    const v = this.validity
+    if (v.notBefore !== notBefore.getTime() || v.notAfter !== notAfter.getTime()) {
+      this.validity = { notBefore: notBefore.getTime(), notAfter: notAfter.getTime(), der: seq(time(notBefore), time(notAfter)) }
+    }
+    return this.validity.der
   }
 
   /** Returns the leaf certificate's DER. */
   sign (f: LeafFields): Uint8Array {
-    const rdns = [
-      ...f.groups.map((g) => set(seq(oidDer(OID.organizationalUnit), utf8String(g)))),
-      set(seq(oidDer(OID.commonName), utf8String(f.id))),
-    ]
-    const san = extension(OID.subjectAltName, false, seq(tlv(0x86, Buffer.from(spiffeUri(this.trustDomain, f.kind, f.id), 'ascii'))))
-    const ski = extension(OID.subjectKeyId, false, octetString(keyIdentifier(f.spki)))
-    const tbs = seq(
-      VERSION_3,
-      integerFromBytes(Buffer.from(f.serial, 'hex')),
-      this.algorithm,
-      this.issuerName,
-      seq(time(f.notBefore), time(f.notAfter)),
-      seq(...rdns),
-      f.spki,
-      explicit(3, seq(BASIC_CONSTRAINTS_LEAF, KEY_USAGE_DIGITAL_SIGNATURE, EKU_CLIENT_AUTH, san, ski, this.authorityKeyId)),
-    )
+    // An upper bound of the TBSCertificate's size: text is at most 3 UTF-8 bytes per UTF-16 unit, and each group's
+    // RDN adds at most 24 bytes of headers and OID. Were it ever short, the writer throws: it never writes outside.
+    let bound = this.fixedLength + f.serial.length + f.spki.length + 3 * (2 * f.id.length + f.kind.length) + 64
+    for (const g of f.groups) bound += 3 * g.length + 24
+    if (bound > this.scratch.length) this.scratch = Buffer.allocUnsafe(bound)
+    const w = new DerBackWriter(this.scratch)
+    const tbsEnd = w.pos
+    // extensions [3] EXPLICIT SEQUENCE { basicConstraints, keyUsage, extKeyUsage, subjectAltName, SKI, AKI }
+    w.bytes(this.authorityKeyId)
+    let end = w.pos
+    w.bytes(keyIdentifier(f.spki))
+    w.wrap(TAG.OCTET_STRING, end)
+    w.wrap(TAG.OCTET_STRING, end)
+    w.bytes(SKI_TYPE)
+    w.wrap(TAG.SEQUENCE, end)
+    // subjectAltName: exactly one URI (IA5String, [6]); ids and the trust domain are ASCII by construction.
+    end = w.pos
+    w.text(spiffeUri(this.trustDomain, f.kind, f.id))
+    w.wrap(0x86, end)
+    w.wrap(TAG.SEQUENCE, end)
+    w.wrap(TAG.OCTET_STRING, end)
+    w.bytes(SAN_TYPE)
+    w.wrap(TAG.SEQUENCE, end)
+    w.bytes(this.fixedExtensions)
+    w.wrap(TAG.SEQUENCE, tbsEnd)
+    w.wrap(0xa3, tbsEnd)
+    w.bytes(f.spki)
+    // subject: one RDN per group (OU), in order, then CN = id
+    const subjectEnd = w.pos
+    for (let i = f.groups.length; i >= 0; i--) {
+      end = w.pos
+      w.text(i === f.groups.length ? f.id : f.groups[i] as string)
+      w.wrap(TAG.UTF8_STRING, end)
+      w.bytes(i === f.groups.length ? CN_TYPE : OU_TYPE)
+      w.wrap(TAG.SEQUENCE, end)
+      w.wrap(TAG.SET, end)
+    }
+    w.wrap(TAG.SEQUENCE, subjectEnd)
+    w.bytes(this.validityDer(f.notBefore, f.notAfter))
+    w.bytes(this.issuerName)
+    w.bytes(this.algorithm)
+    w.bytes(integerFromBytes(Buffer.from(f.serial, 'hex')))
+    w.bytes(VERSION_3)
+    w.wrap(TAG.SEQUENCE, tbsEnd)
+    const tbs = this.scratch.subarray(w.pos, tbsEnd)
     // ECDSA signatures come DER-encoded (ECDSA-Sig-Value) by default, which is what X.509 carries.
     const signature = nodeSign(this.hash, tbs, this.key)
-    return seq(tbs, this.algorithm, bitString(signature))
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }
+    const out = new DerBackWriter(Buffer.allocUnsafe(tlvLength(tbs.length + this.algorithm.length + tlvLength(1 + signature.length))))
+    const certEnd = out.pos
+    out.bytes(signature)
+    out.bytes(ZERO_OCTET)
+    out.wrap(TAG.BIT_STRING, certEnd)
+    out.bytes(this.algorithm)
+    out.bytes(tbs)
+    out.wrap(TAG.SEQUENCE, certEnd)
+    if (out.pos !== 0) throw new Error('leaf certificate length miscounted')
+    return out.buf
   }
 }
 
 export function derToPem (der: Uint8Array, label = 'CERTIFICATE'): string {
-  const b64 = Buffer.from(der).toString('base64')
-  const lines: string[] = []
-  for (let i = 0; i < b64.length; i += 64) lines.push(b64.slice(i, i + 64))
-  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`
+  // Lines of 64 characters, each ending in a newline (the last one shorter).
+  const body = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64').replace(/.{1,64}/g, '$&\n')
+  return `-----BEGIN ${label}-----\n${body}-----END ${label}-----\n`
 }

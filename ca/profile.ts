@@ -23,12 +23,20 @@ export const BACKDATE_MS = 60_000
 
 export const DEFAULT_SERVER_NAMES: readonly string[] = ['localhost', '127.0.0.1', '::1']
 
+/** CSPRNG output drawn 4 KiB at a time, each byte used once: one call per 256 serials, not one per leaf of a bulk run. */
+let serialPool = Buffer.alloc(0)
+let serialPoolAt = 0
+
 /**
  * A random positive serial of 128 bits whose first byte is 0x10..0x7f: positive without a sign byte,
  * and always exactly 32 hex digits in canonical form (no leading zero to strip).
  */
 export function newSerial (): string {
-  const bytes = randomBytes(16)
+  if (serialPoolAt + 16 > serialPool.length) {
+    serialPool = randomBytes(4096)
+    serialPoolAt = 0
+  }
+  const bytes = serialPool.subarray(serialPoolAt, serialPoolAt += 16)
   bytes[0] = 0x10 + ((bytes[0] ?? 0) % 0x70)
   return bytes.toString('hex')
 }

@@ -1,12 +1,14 @@
 // The CA as a library: home layout and modes, passphrases, the certificate profiles, CSR checks, CRLs, bulk issuance.
 import { execFileSync } from 'node:child_process'
-import { createPublicKey, webcrypto, X509Certificate } from 'node:crypto'
+import { createPublicKey, generateKeyPairSync, sign, webcrypto, X509Certificate } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import * as x509 from '@peculiar/x509'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseCsv } from '../ca/bulk.js'
+import { bitString, integerFromBytes, oid, seq, tlv } from '../ca/der.js'
 import { initHome, issueBulk, loadHome, openAuthority, parseManifest, verifyCsr, type Authority } from '../ca/index.js'
 import { issuingFacts } from '../ca/leaf.js'
 import { ZtError } from '../common/errors.js'
@@ -190,6 +192,58 @@ describe('issuance', () => {
     }
   })
 
+  it('takes a CSR key in a non-minimal DER encoding apart and re-encodes it, never copying its bytes', async () => {
+    // The SPKI of a P-256 key with a long-form length (0x81 0x59 for 0x59): valid BER, not the DER the fast path matches.
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    const spki = publicKey.export({ type: 'spki', format: 'der' })
+    const bent = Buffer.concat([Buffer.from([0x30, 0x81, spki[1] as number]), spki.subarray(2)])
+    const info = seq(integerFromBytes(new Uint8Array([0])), seq(), bent, tlv(0xa0))
+    const csr = seq(info, seq(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', info, privateKey)))
+    expect(Buffer.from(verifyCsr(csr, 'x').spki)).toEqual(spki)
+    const b = await ca.authority.sign({ id: 'bent', csr })
+    expect(Buffer.from(new X509Certificate(b.certPem).publicKey.export({ type: 'spki', format: 'der' }))).toEqual(spki)
+  })
+
+  it('writes leaves that openssl verifies against the chain, with long names, many groups and large keys', async () => {
+    const dir = path.join(tmp, 'leaf-der')
+    await fs.mkdir(dir, { recursive: true })
+    const chain = path.join(dir, 'chain.pem')
+    await fs.writeFile(chain, ca.authority.home.issuingPem)
+    const cases = [
+      // Short names and lengths under 128 bytes, then past 128 and 256 (long-form lengths), past the signer's
+      // first scratch buffer (many groups), a 4096-bit RSA key, and small ones again in a buffer grown large.
+      { id: 'a', groups: [], keyArgs: P256 },
+      { id: 'x'.repeat(64), groups: ['g'.repeat(64), 'h'.repeat(64)], keyArgs: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384'] },
+      { id: 'many', groups: Array.from({ length: 60 }, (_, i) => `group-${i}-${'z'.repeat(50)}`), keyArgs: P256 },
+      { id: 'rsa', groups: ['r'], keyArgs: ['-newkey', 'rsa:4096'] },
+      { id: 'b', groups: ['s'], keyArgs: P256 },
+    ]
+    for (const c of cases) {
+      const csr = opensslCsr(c.keyArgs)
+      const b = await ca.authority.issue({ id: c.id, kind: 'service', groups: c.groups, csr })
+      const file = path.join(dir, `${c.id.slice(0, 8)}.pem`)
+      await fs.writeFile(file, b.certPem)
+      expect(openssl(['verify', '-CAfile', path.join(ca.home, 'ca.pem'), '-untrusted', chain, '-purpose', 'sslclient', file]).trim()).toBe(`${file}: OK`)
+      const cert = new x509.X509Certificate(b.certPem)
+      expect(cert.subjectName.getField('OU')).toEqual(c.groups)
+      expect(cert.subjectName.getField('CN')).toEqual([c.id])
+      expect(cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.items.map((n) => n.value)).toEqual([`spiffe://example.org/service/${c.id}`])
+      expect(cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId).toBe((await x509.SubjectKeyIdentifierExtension.create(cert.publicKey)).keyId)
+      expect(Buffer.from(cert.publicKey.rawData)).toEqual(Buffer.from(new x509.Pkcs10CertificateRequest(csr.toString()).publicKey.rawData))
+      expect(cert.serialNumber).toBe(b.record.serial)
+      expect([cert.notBefore.toISOString(), cert.notAfter.toISOString()]).toEqual([b.record.notBefore, b.record.notAfter])
+    }
+  })
+
+  it('gives each leaf its own validity when leaves of different lengths are signed in the same second', async () => {
+    const csr = opensslCsrCached
+    const [one, two, oneAgain] = [await ca.authority.sign({ id: 'v', days: 1, csr }), await ca.authority.sign({ id: 'v', days: 2, csr }), await ca.authority.sign({ id: 'v', days: 1, csr })]
+    const notAfter = (b: { certPem: string }): number => new x509.X509Certificate(b.certPem).notAfter.getTime()
+    for (const b of [one, two, oneAgain]) expect(new Date(notAfter(b)).toISOString()).toBe(b.record.notAfter)
+    expect(notAfter(two) - notAfter(one)).toBeGreaterThanOrEqual(86_400_000)
+    expect(notAfter(oneAgain) - notAfter(one)).toBeLessThan(86_400_000)
+  })
+
   it('refuses weak keys, forged and unreadable CSRs, and bad ids, kinds, groups and days', async () => {
     const rsa1024 = await caught(() => verifyCsr(opensslCsr(['-newkey', 'rsa:1024']), 'cert issue'))
     expect([rsa1024.code, rsa1024.message]).toEqual(['ZT_WEAK_KEY', 'cert issue: RSA key of 1024 bits is too weak (at least 2048)'])
@@ -235,8 +289,9 @@ describe('issuance', () => {
       expect(canonicalSerial(s)).toBe(s)
       expect(new x509.X509Certificate(b.certPem).serialNumber).toBe(s)
       serials.add(s)
-    }), { numRuns: 200 })
-    expect(serials.size).toBe(200)
+    }), { numRuns: 300 })
+    // More than one draw of the serials' random pool (256 serials each).
+    expect(serials.size).toBe(300)
   })
 
   it('revokes by serial in any notation and by id, idempotently, and refuses unknown serials and ids', async () => {
@@ -292,6 +347,16 @@ describe('issue-bulk', () => {
     ])
     expect(() => parseManifest('a,b,c,d,e\n', 'm.csv')).toThrow(/5 columns/)
     expect(() => parseManifest('"a,b\n', 'm.csv')).toThrow(/unterminated/)
+  })
+
+  it('reads back any CSV it is given: quoted fields with commas, quotes and line breaks, and plain lines between them', () => {
+    const cell = fc.array(fc.constantFrom('a', 'b', ' ', ',', '"', '\n', '\r', ';', '#'), { maxLength: 6 }).map((cs) => cs.join(''))
+    const eol = fc.constantFrom('\n', '\r\n', '\r')
+    fc.assert(fc.property(fc.array(fc.tuple(fc.array(cell, { minLength: 1, maxLength: 4 }), eol), { minLength: 1, maxLength: 8 }), (records) => {
+      const text = records.map(([fields, end]) => fields.map((f) => /[",\r\n]/.test(f) || f === '' ? `"${f.replace(/"/g, '""')}"` : f).join(',') + end).join('')
+      expect(parseCsv(text, 'm.csv').map((r) => r.fields)).toEqual(records.map(([fields]) => fields))
+    }), { numRuns: 2000 })
+    expect(parseCsv('a,b\r\n"c\nd",e\rf\n', 'm.csv')).toEqual([{ line: 1, fields: ['a', 'b'] }, { line: 2, fields: ['c\nd', 'e'] }, { line: 4, fields: ['f'] }])
   })
 
   it('issues good rows, reports bad ones, and leaves no half-written outputs', async () => {
