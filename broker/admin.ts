@@ -14,6 +14,7 @@ import type { BrokerLimits } from './limits.js'
 import type { MetricsRecorder } from './metrics.js'
 import { tlsServerOptions, type TrustMaterial } from './tls.js'
 import { remoteOf } from './plugin.js'
+import { CrlService } from './crl.js'
 
 /** Largest request body: a CSR for an RSA-4096 key is about 2 KiB, so this is generous and still bounded. */
 export const ADMIN_MAX_BODY_BYTES = 64 * 1024
@@ -33,6 +34,8 @@ export interface AdminOptions {
   authorityProblem?: string
   logger: Logger
   metrics?: MetricsRecorder | undefined
+  /** Checks the stored CRL before GET /v1/crl hands it out. @default a CrlService of its own (serving only) */
+  crl?: Pick<CrlService, 'verified'>
 }
 
 /** Opens the CA for the admin API; a broker without the passphrase still serves the routes that need no key. */
@@ -174,6 +177,8 @@ function routes (o: AdminOptions): Route[] {
     if (o.authority !== null) return o.authority
     return fail('ZT_CA_UNAVAILABLE', `${op}: this broker cannot use the CA private keys (${o.authorityProblem ?? 'not opened'}); set AEDES_ZT_CA_PASSPHRASE for the broker and restart it, or use the aedes-zt CLI`)
   }
+  // The store is not trusted: a CRL our issuing CA did not sign (or an older one put back) is never handed out as ours.
+  const crl = o.crl ?? new CrlService({ store: o.store, issuingPem: o.ca.issuingPem, logger: o.logger })
   return [
     {
       method: 'GET',
@@ -274,9 +279,9 @@ function routes (o: AdminOptions): Route[] {
       pattern: /^\/v1\/crl$/,
       name: 'GET /v1/crl',
       async handle ({ headers }) {
-        const crl = await o.store.loadCrl()
-        if (crl === null) fail('ZT_NOT_FOUND', 'admin crl: no CRL has been made yet; POST /v1/crl (or aedes-zt crl) makes one')
-        return crlReply(crl.der, wantsPem(headers))
+        const der = await crl.verified()
+        if (der === null) fail('ZT_NOT_FOUND', 'admin crl: no CRL has been made yet; POST /v1/crl (or aedes-zt crl) makes one')
+        return crlReply(der, wantsPem(headers))
       },
     },
     {

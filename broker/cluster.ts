@@ -1,9 +1,10 @@
 // Cluster wiring: Aedes sessions, retained messages, wills and routing in Redis (aedes-persistence-redis, mqemitter-redis).
+import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
-import { oneLine } from '../common/errors.js'
-import { DEFAULT_PREFIX } from '../store/redis-keys.js'
+import { oneLine, ZtError } from '../common/errors.js'
+import { DEFAULT_PREFIX, escapePart } from '../store/redis-keys.js'
 
 /**
  * Aedes' keys go under the store's prefix, so one SCAN MATCH finds everything the deployment keeps in Redis.
@@ -19,6 +20,13 @@ export interface ClusterBackendsOptions {
   logger?: Logger | undefined
   /** @default AEDES_KEY_PREFIX */
   keyPrefix?: string
+  /**
+   * How long a node's claim on a dead node's will holds. The claimer publishes (or, when the plugin refuses it, drops)
+   * the will and deletes it at once; the claim only has to outlive the other survivors' reads of the will list. If the
+   * claimer dies before it is done, another survivor publishes the will once the claim has expired.
+   * @default 60000
+   */
+  willClaimTtlMs?: number
 }
 
 /** What startBroker hands to Aedes (persistence and mq), plus whether the shared session state is loaded yet. */
@@ -30,8 +38,13 @@ export interface ClusterBackends {
   close (): Promise<void>
 }
 
+/** A Last Will as aedes-persistence-redis stores and streams it (putWill adds clientId and brokerId). */
+type StoredWill = { clientId?: unknown, brokerId?: unknown, ztSerial?: unknown, ztWillId?: unknown }
+
 interface CallbackPersistence {
   setup (broker: unknown): Promise<void>
+  putWill (client: unknown, packet: StoredWill, cb?: unknown): unknown
+  streamWill (brokers: unknown): AsyncIterable<StoredWill>
 }
 
 interface MqEmitter {
@@ -48,6 +61,7 @@ const SETUP_RETRY_MIN_MS = 100
 const SETUP_RETRY_MAX_MS = 2_000
 /** mqemitter-redis closes with QUIT and waits for both links to end: during an outage that would never happen. */
 const MQ_CLOSE_GRACE_MS = 1_000
+const DEFAULT_WILL_CLAIM_TTL_MS = 60_000
 
 /**
  * Builds the Redis persistence and emitter for Aedes. Returns at once, even while Redis is down: the persistence's
@@ -59,6 +73,8 @@ export function redisBackends (options: ClusterBackendsOptions): ClusterBackends
   const persistenceRedis = require('aedes-persistence-redis') as PersistenceFactory
   const mqemitterRedis = require('mqemitter-redis') as MqFactory
   const log = options.logger
+  const willClaimTtlMs = options.willClaimTtlMs ?? DEFAULT_WILL_CLAIM_TTL_MS
+  if (!Number.isInteger(willClaimTtlMs) || willClaimTtlMs <= 0) throw new ZtError('ZT_BAD_CONFIG', `cluster: willClaimTtlMs ${willClaimTtlMs} must be a positive integer`, { willClaimTtlMs })
   const base: RedisOptions = {
     // Reconnect for as long as the process lives; revocation staleness, not this, decides when to stop admitting.
     retryStrategy: (times) => Math.min(times * 100, 1_000),
@@ -107,8 +123,11 @@ export function redisBackends (options: ClusterBackendsOptions): ClusterBackends
   const realSetup = persistence.setup.bind(persistence)
   let ready = false
   let retry: NodeJS.Timeout | undefined
+  let nodeId = ''
+  claimWills(persistence, conn, () => nodeId, willClaimTtlMs, log)
   // Aedes awaits setup() before it listens; checks it is an async function, hence `async`.
   persistence.setup = async (broker: unknown): Promise<void> => {
+    nodeId = String((broker as { id?: unknown }).id ?? '')
     let delay = SETUP_RETRY_MIN_MS
     let failures = 0
     const attempt = (): void => {
@@ -139,5 +158,33 @@ export function redisBackends (options: ClusterBackendsOptions): ClusterBackends
       subConn.disconnect()
       pubConn.disconnect()
     },
+  }
+}
+
+/**
+ * When a node dies, every survivor's Aedes finds its clients' wills (streamWill, every 4 heartbeats) and publishes
+ * them: subscribers would get each will once per survivor. A survivor now publishes only the wills it claims first,
+ * with SET NX on a key of the dead node, the client and the will's own id; the others skip them. The plugin still
+ * judges the claimed will (a revoked owner's is dropped), so a will is judged once and published at most once.
+ */
+function claimWills (persistence: CallbackPersistence, conn: Redis, nodeId: () => string, ttlMs: number, log: Logger | undefined): void {
+  const putWill = persistence.putWill.bind(persistence)
+  persistence.putWill = (client: unknown, packet: StoredWill, cb?: unknown): unknown => {
+    // A claim is on one will, not on a (node, client) pair: a new will of the same client under the same node id is
+    // not silenced by an old claim still held.
+    packet.ztWillId ??= randomUUID()
+    return putWill(client, packet, cb)
+  }
+  const streamWill = persistence.streamWill.bind(persistence)
+  persistence.streamWill = (brokers: unknown): AsyncIterable<StoredWill> => claimed(streamWill(brokers))
+
+  async function * claimed (wills: AsyncIterable<StoredWill>): AsyncIterable<StoredWill> {
+    for await (const will of wills) {
+      const key = `will-claim:${[will.brokerId, will.clientId, will.ztWillId ?? ''].map((p) => escapePart(String(p))).join(':')}`
+      // The connection carries the Aedes key prefix. A failed claim (Redis away) ends this sweep; Aedes retries at the next.
+      if (await conn.set(key, nodeId(), 'PX', ttlMs, 'NX') !== 'OK') continue
+      log?.info({ event: 'will.claimed', id: null, serial: typeof will.ztSerial === 'string' ? will.ztSerial : null, clientId: String(will.clientId), deadBroker: String(will.brokerId), reason: 'node-dead' }, 'cluster: publishing the will of a client of a dead node')
+      yield will
+    }
   }
 }

@@ -3,7 +3,7 @@ import * as x509 from '@peculiar/x509'
 import type { Logger } from 'pino'
 import { OID_CRL_NUMBER, type Authority } from '../ca/index.js'
 import { oneLine, ZtError } from '../common/errors.js'
-import type { CertStore } from '../store/types.js'
+import type { CertStore, StoredCrl } from '../store/types.js'
 import { bytesEqual } from '../ca/der.js'
 
 export interface CrlServiceOptions {
@@ -30,6 +30,15 @@ export interface CrlServiceOptions {
 interface Served {
   der: Uint8Array
   number: bigint
+}
+
+/** What each refusal reason means, for one-line error messages. */
+const REFUSALS: Readonly<Record<string, string>> = {
+  'malformed': 'it is not a readable CRL',
+  'foreign-issuer': 'it was issued by another CA',
+  'bad-signature': 'its signature does not verify under our issuing CA',
+  'no-crl-number': 'it carries no CRL number',
+  'number-not-higher': 'its number is not above one this node already handed out (an older CRL put back?)',
 }
 
 export type CrlCheck = { ok: true, number: bigint, thisUpdate: Date, nextUpdate: Date | undefined } | { ok: false, reason: string }
@@ -128,20 +137,38 @@ export class CrlService {
       if (this.#served !== undefined) return this.#served.der
       throw err
     }
-    const last = this.#served
-    if (stored === null) return last?.der ?? null
-    if (last !== undefined && bytesEqual(stored.der, last.der)) return last.der
-    const check = await checkCrl(stored.der, this.#issuing)
-    if (!check.ok) return this.#refuse(check.reason, stored.number)
-    if (last !== undefined && check.number <= last.number) return this.#refuse('number-not-higher', check.number)
-    this.#served = { der: stored.der, number: check.number }
-    return stored.der
+    if (stored === null) return this.#served?.der ?? null
+    const refusal = await this.#judge(stored)
+    if (refusal === null) return stored.der
+    this.#log?.warn({ event: 'crl.refused', id: null, serial: null, reason: refusal.reason, number: refusal.number.toString(), served: this.#served?.number.toString() ?? null }, 'the CRL in the store is not one this node may serve; serving the last good one')
+    if (this.#served !== undefined) return this.#served.der
+    throw new ZtError('ZT_STORE_UNAVAILABLE', `CRL: the stored CRL was refused (${refusal.reason}) and this node has served none before`, { reason: refusal.reason })
   }
 
-  #refuse (reason: string, number: bigint): Uint8Array {
-    this.#log?.warn({ event: 'crl.refused', id: null, serial: null, reason, number: number.toString(), served: this.#served?.number.toString() ?? null }, 'the CRL in the store is not one this node may serve; serving the last good one')
-    if (this.#served !== undefined) return this.#served.der
-    throw new ZtError('ZT_STORE_UNAVAILABLE', `CRL: the stored CRL was refused (${reason}) and this node has served none before`, { reason })
+  /**
+   * The stored CRL, checked as current() checks it but with no fallback: when the store holds a CRL this node may not
+   * hand out as ours, this rejects (ZT_INTERNAL, with the reason) and logs `crl.refused` as an error. For callers that
+   * must not paper over it (the admin API). Null when no CRL was made yet; store failures reject as they come.
+   */
+  async verified (): Promise<Uint8Array | null> {
+    const stored = await this.#store.loadCrl()
+    if (stored === null) return null
+    const refusal = await this.#judge(stored)
+    if (refusal === null) return stored.der
+    const { reason, number } = refusal
+    this.#log?.error({ event: 'crl.refused', id: null, serial: null, reason, number: number.toString(), served: this.#served?.number.toString() ?? null }, 'the CRL in the store is not one this node may hand out')
+    throw new ZtError('ZT_INTERNAL', `CRL: the stored CRL (number ${number}) is refused: ${REFUSALS[reason] ?? reason}; make a new one with aedes-zt crl`, { reason })
+  }
+
+  /** null when `stored` may be served (and remembers it as served), else why not. */
+  async #judge (stored: StoredCrl): Promise<{ reason: string, number: bigint } | null> {
+    const last = this.#served
+    if (last !== undefined && bytesEqual(stored.der, last.der)) return null
+    const check = await checkCrl(stored.der, this.#issuing)
+    if (!check.ok) return { reason: check.reason, number: stored.number }
+    if (last !== undefined && check.number <= last.number) return { reason: 'number-not-higher', number: check.number }
+    this.#served = { der: stored.der, number: check.number }
+    return null
   }
 
   /** Signs now if a revocation is waiting (tests and shutdown use it); resolves when done. */

@@ -256,6 +256,49 @@ describe('CRL', () => {
     const { stderr } = await run('openssl', ['crl', '-in', file, '-noout', '-CAfile', path.join(ca.home, 'ca-chain.pem'), '-verify'])
     expect(stderr).toContain('verify OK')
   })
+
+  test('a CRL in the store that is not ours (another CA, a flipped byte, an older one put back) is refused with 500', async () => {
+    const file = path.join(ca.home, 'store', 'crl.json')
+    const original = await readFile(file, 'utf8')
+    const stored = JSON.parse(original) as { number: string, der: string }
+    const put = async (der: Uint8Array, number: string = stored.number): Promise<void> => {
+      await writeFile(file, JSON.stringify({ number, der: Buffer.from(der).toString('base64') }) + '\n')
+    }
+    const refusedWith = async (reason: RegExp): Promise<void> => {
+      const r = await call(main, 'GET', '/v1/crl', { cred: operator })
+      expect([r.status, r.json.error.code]).toEqual([500, 'ZT_INTERNAL'])
+      expect(r.json.error.reason).toMatch(reason)
+      expect(r.json.error.message).toMatch(/^CRL: the stored CRL \(number \d+\) is refused: [^\n]+$/)
+      await main.logs.waitFor((l) => l.event === 'crl.refused' && l.level === 50 && reason.test(String(l.reason)))
+      await adminLine(main, (l) => l.route === 'GET /v1/crl' && l.status === 500 && reason.test(String(l.reason)))
+    }
+    try {
+      const other = await makeTestCa()
+      try {
+        await put(await other.authority.crl())
+      } finally {
+        await other.cleanup()
+      }
+      await refusedWith(/^(foreign-issuer|bad-signature)$/)
+
+      const flipped = Buffer.from(stored.der, 'base64')
+      flipped[flipped.length - 1] = (flipped[flipped.length - 1] ?? 0) ^ 0x01
+      await put(flipped)
+      await refusedWith(/^bad-signature$/)
+
+      // A newer CRL is handed out; putting the older (genuinely signed) one back is a rollback and is refused.
+      await writeFile(file, original)
+      const newer = await call(main, 'POST', '/v1/crl', { cred: operator })
+      expect(newer.status).toBe(201)
+      expect(Buffer.compare((await call(main, 'GET', '/v1/crl', { cred: operator })).body, newer.body)).toBe(0)
+      await writeFile(file, original)
+      await refusedWith(/^number-not-higher$/)
+    } finally {
+      await writeFile(file, original)
+      await call(main, 'POST', '/v1/crl', { cred: operator })
+    }
+    expect((await call(main, 'GET', '/v1/crl', { cred: operator })).status).toBe(200)
+  })
 })
 
 describe('explain', () => {

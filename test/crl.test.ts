@@ -152,6 +152,24 @@ describe('serving', () => {
     expect((await logs.waitFor((l) => l.event === 'crl.refused')).reason).toBe('number-not-higher')
   })
 
+  test('verified() hands out only a checked CRL and, unlike current(), has no fallback', async () => {
+    const good = await ca.authority.crl()
+    let next: { der: Uint8Array, number: bigint } | null = null
+    const logs = new LogCapture()
+    const crl = new CrlService({ store: { loadCrl: async () => next }, issuingPem, logger: createLogger('info', logs) })
+    expect(await crl.verified()).toBeNull()
+    next = { der: good, number: 1n }
+    expect(Buffer.from(await crl.verified() ?? [])).toEqual(Buffer.from(good))
+    const theirs = await foreign.authority.crl()
+    next = { der: theirs, number: 2n }
+    await expect(crl.verified()).rejects.toMatchObject({ code: 'ZT_INTERNAL', context: { reason: expect.stringMatching(/^(bad-signature|foreign-issuer)$/) } })
+    // current() still serves the last good one for GET /crl; verified() keeps refusing.
+    expect(Buffer.from(await crl.current() ?? [])).toEqual(Buffer.from(good))
+    next = { der: new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]), number: 3n }
+    await expect(crl.verified()).rejects.toThrow(/^CRL: the stored CRL \(number 3\) is refused: it is not a readable CRL;/)
+    expect(logs.lines.filter((l) => l.event === 'crl.refused' && l.level === 50).map((l) => l.reason)).toEqual([expect.stringMatching(/^(bad-signature|foreign-issuer)$/), 'malformed'])
+  })
+
   test('GET /crl on a broker serves the verified CRL and keeps it when the store holds a forged one', async () => {
     const home = await makeTestCa()
     closers.push(async () => { await home.cleanup() })
