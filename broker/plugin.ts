@@ -1,5 +1,6 @@
 // `zeroTrust(aedes, options)`: turns the Aedes hooks into thin adapters over the decisions in broker/decide.ts.
 import { randomUUID } from 'node:crypto'
+import { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import tls from 'node:tls'
 import type { Aedes, Client, AuthenticateError, PublishPacket, Subscription, AedesPublishPacket, ConnectPacket } from 'aedes'
@@ -7,14 +8,14 @@ import pino, { type Logger } from 'pino'
 import { oneLine, ZtError } from '../common/errors.js'
 import { compileFor, type PolicySource } from '../policies/index.js'
 import type { CertStore } from '../store/types.js'
-import { denyAllAuthorizer, ownTopicsAuthorizer, type Authorizer, type AuthorizerFactory, type Qos } from './authorizer.js'
+import { denyAllAuthorizer, ownTopicsAuthorizer, type Authorizer, type AuthorizerFactory, type Decision, type Qos } from './authorizer.js'
 import { bindClientId, CONNACK, decideConnect, type ConnectRefusal, type RevocationView } from './decide.js'
 import { GuardError, installGuard, type GuardState } from './guard.js'
 import { IdentityReader, trustAnchor, type Identity } from './identity.js'
 import { DEFAULT_LIMITS, type BrokerLimits } from './limits.js'
 import type { MetricsRecorder } from './metrics.js'
 import { hardenTlsSocket, peerCertificateDer, tlsServerOptions, type TrustMaterial } from './tls.js'
-import { clearRetainedOf, tagPublisher, type RetainedStore } from './retained.js'
+import { publisherSerial, RetainedCleaner, tagPublisher, type RetainedStore } from './retained.js'
 import { checkTopicFilter, checkTopicName } from './topics.js'
 
 export interface ZeroTrustOptions {
@@ -86,6 +87,9 @@ interface Conn extends GuardState {
   connectedAtMs: number
   /** Receive denials already logged on this connection, so a busy topic cannot flood the audit log; made at the first. */
   loggedReceive: Set<string> | undefined
+  /** The delivery whose receive decision deliverQoS took (`judged`), so authorizeForward does not take it again. */
+  judging: object | undefined
+  judged: Decision | undefined
 }
 
 /** An admitted connection. */
@@ -129,6 +133,33 @@ function messageOptions (qos: number | undefined, retain: boolean | undefined): 
   const o = MESSAGE_OPTIONS[q * 2 + (retain === true ? 1 : 0)]
   return o !== undefined && o.qos === q ? o : { qos: q as Qos, retain: retain === true }
 }
+
+/** A packet as mqtt-packet's parser emits it; only a SUBSCRIBE's list is read. */
+interface ParsedPacket {
+  cmd: string
+  subscriptions?: Array<{ topic: string, qos: number }>
+}
+
+type Deliver = (packet: AedesPublishPacket, callback: () => void) => void
+
+/** What the plugin uses of an Aedes 1.x client beyond its typings (lib/client.js); checked, and failed closed on. */
+interface ClientInternals {
+  deliverQoS: Deliver
+  deliver0: Deliver
+  _nextId: number
+  _parser: { _queue: ParsedPacket[] | null }
+}
+
+/** The session side of Aedes' persistence (aedes-persistence, aedes-persistence-redis): subscriptions and the outgoing queue. */
+interface SessionStore {
+  addSubscriptions?: (client: Client, subs: Subscription[]) => Promise<unknown>
+  removeSubscriptions?: (client: Client, topics: string[]) => Promise<unknown>
+  outgoingUpdate?: (client: Client, packet: object) => Promise<unknown>
+  outgoingClearMessageId?: (client: Client, packet: object) => Promise<unknown>
+  createRetainedStreamCombi?: (patterns: string[]) => AsyncIterable<unknown>
+}
+
+function noop (): void {}
 
 /**
  * Marks a publish refused by policy: Aedes would close the connection on a hook error, so it is acked, then dropped
@@ -189,6 +220,9 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   // Aedes clamps to 100 (its router's ceiling); ours is usually far below.
   broker.maxTopicLevels = Math.min(Math.max(limits.maxTopicLevels, 1), 100)
 
+  /** Aedes' session store, read when needed: Aedes has one only once it listens, and a library user may attach before. */
+  const sessionStore = (): SessionStore | undefined => broker.persistence as unknown as SessionStore | undefined
+
   const metrics = options.metrics
   const audit = (level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void => {
     log[level]({ event, id: null, serial: null, ...fields }, event)
@@ -221,9 +255,12 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       authorizer: undefined,
       connectedAtMs: 0,
       loggedReceive: undefined,
+      judging: undefined,
+      judged: undefined,
     }
-    if (!installGuard((client as unknown as { _parser: unknown })._parser, c)) {
-      audit('warn', 'connect.refused', { reason: 'guard-unavailable', detail: 'the MQTT parser does not expose the hooks the byte limits need', remote: c.remote })
+    const parser = (client as unknown as { _parser: unknown })._parser
+    if (!installGuard(parser, c) || !grantOnParse(parser)) {
+      audit('warn', 'connect.refused', { reason: 'guard-unavailable', detail: 'the MQTT parser does not expose the hooks the byte limits and QoS grants need', remote: c.remote })
       conn.destroy()
       return client
     }
@@ -321,6 +358,14 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       p.authorizer = authorizer
       p.connectedAtMs = Date.now()
       p.identity = identity // admitted from here on: states.get(client) answers
+      guardSessions()
+      if (!capDeliveries(client, p as ConnState)) {
+        p.identity = undefined
+        refuse({ code: CONNACK.serverUnavailable, reason: 'guard-unavailable', detail: 'the Aedes client does not expose the delivery functions the QoS caps need' }, identity)
+        return
+      }
+      // SUBSCRIBEs pipelined with the CONNECT were parsed before there was an identity to grant them a QoS.
+      for (const queued of (client as unknown as ClientInternals)._parser._queue ?? []) grantRequestedQos(client, queued)
       track(identity.serial, client)
       p.authenticated = true
       audit('info', 'connect.accepted', { id: identity.id, serial: identity.serial, kind: identity.kind, groups: identity.groups, clientId: bound.clientId, clean: client.clean, remote, reason: 'certificate' })
@@ -433,18 +478,76 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       audit('warn', 'subscribe.denied', { id: st.identity.id, serial: st.identity.serial, filter: sub.topic, reason: bad, remote: st.remote })
       // A live SUBSCRIBE with a malformed filter is a protocol violation; a restored one (before CONNACK) is just
       // skipped, so a stored bad filter cannot lock a session out for good.
-      if ((client as unknown as { connackSent: boolean }).connackSent) callback(new Error(`subscribe: filter refused (${bad})`))
-      else callback(null, null)
+      if ((client as unknown as { connackSent: boolean }).connackSent) { callback(new Error(`subscribe: filter refused (${bad})`)); return }
+      forgetRestored(client, st, sub.topic, bad)
+      callback(null, null)
       return
     }
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) { callback(null, null); return }
     const d = st.authorizer.subscribe(sub.topic, { qos: (sub.qos ?? 0) as Qos })
     if (d.effect !== 'allow') {
       audit('warn', 'subscribe.denied', { id: st.identity.id, serial: st.identity.serial, filter: sub.topic, qos: sub.qos, reason: d.reason, statement: d.statement ?? null, remote: st.remote })
+      if (!(client as unknown as { connackSent: boolean }).connackSent) forgetRestored(client, st, sub.topic, d.reason)
       callback(null, null)
       return
     }
     callback(null, atGrantedQos(sub, d.grantedQos))
+  }
+
+  /**
+   * A restored subscription the policy now refuses leaves the session store: left there, the session would go on
+   * queueing its messages while offline and offer it again at every reconnect. Allowed ones are not touched.
+   */
+  function forgetRestored (client: Client, st: ConnState, filter: string, refusal: string): void {
+    const fields = { id: st.identity.id, serial: st.identity.serial, clientId: st.clientId, filter, reason: refusal, remote: st.remote }
+    const store = sessionStore()
+    const removing = store?.removeSubscriptions
+    if (store === undefined || typeof removing !== 'function') return
+    removing.call(store, client, [filter]).then(() => {
+      audit('info', 'subscription.removed', fields)
+    }, (err: unknown) => {
+      audit('warn', 'subscription.remove_failed', { ...fields, detail: oneLine(err) })
+    })
+  }
+
+  // Aedes answers a SUBSCRIBE with the QoS each filter asked for (handlers/subscribe.js reads it before asking
+  // authorizeSubscribe, which can only refuse). So the request is lowered to what the policy grants as it is parsed,
+  // and the SUBACK, the stored session and the deliveries all carry the granted QoS [MQTT-3.9.3].
+  type PacketListener = (this: { client?: Client }, packet: ParsedPacket) => void
+  /** Aedes' 'packet' listener (lib/client.js enqueue, one function for every connection) and its wrapper. */
+  const onPacketWrappers = new WeakMap<PacketListener, PacketListener>()
+  function grantOnParse (parser: unknown): boolean {
+    const emitter = parser as { listeners?: (event: string) => unknown[], removeListener: (event: string, f: PacketListener) => void, on: (event: string, f: PacketListener) => void }
+    if (typeof emitter.listeners !== 'function') return false
+    const listeners = emitter.listeners('packet')
+    const enqueue = listeners[0]
+    if (listeners.length !== 1 || typeof enqueue !== 'function') return false
+    const original = enqueue as PacketListener
+    let wrapped = onPacketWrappers.get(original)
+    if (wrapped === undefined) {
+      wrapped = function onPacket (packet) {
+        if (packet.cmd === 'subscribe' && this.client !== undefined) grantRequestedQos(this.client, packet)
+        original.call(this, packet)
+      }
+      onPacketWrappers.set(original, wrapped)
+    }
+    emitter.removeListener('packet', original)
+    emitter.on('packet', wrapped)
+    return true
+  }
+
+  /** Lowers each filter's requested QoS to the granted one; refusals are left to authorizeSubscribe (and its audit). */
+  function grantRequestedQos (client: Client, packet: ParsedPacket): void {
+    const subs = packet.subscriptions
+    if (packet.cmd !== 'subscribe' || !Array.isArray(subs)) return
+    const st = states.get(client)
+    // Not admitted yet: authenticate grants what was queued once it knows the identity.
+    if (st === undefined || revocation === undefined || revocation.isRevoked(st.identity.serial)) return
+    for (const sub of subs) {
+      if (typeof sub.topic !== 'string' || checkTopicFilter(sub.topic, topicLimits) !== null) continue
+      const granted = st.authorizer.subscribe(sub.topic, { qos: (sub.qos ?? 0) as Qos }).grantedQos
+      if (granted !== undefined && granted < sub.qos) sub.qos = granted
+    }
   }
 
   /** The subscription as granted: the same object when the policy leaves its QoS, a copy at the capped QoS otherwise. */
@@ -456,9 +559,20 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
   // Aedes 1.x stores a persistent session's whole SUBSCRIBE packet once any filter in it is granted, refused ones
   // included: the session would then queue messages for them while offline (a device asking for `#` next to its own
   // filter would collect the fleet's QoS 1 traffic). Only what this connection is granted goes in, at the granted QoS.
-  const sessions = broker.persistence as unknown as { addSubscriptions?: (client: Client, subs: Subscription[]) => Promise<unknown> } | undefined
-  const addSubscriptions = sessions?.addSubscriptions
-  if (sessions !== undefined && typeof addSubscriptions === 'function') {
+  // Aedes has its persistence once it listens, and a library user may attach first: the wrappers go on then, at the
+  // first admission, or now.
+  const guarded = new WeakSet<object>()
+  function guardSessions (): void {
+    const sessions = sessionStore()
+    if (sessions === undefined || guarded.has(sessions)) return
+    guarded.add(sessions)
+    keepGranted(sessions)
+    withholdCompromisedRetained(sessions)
+  }
+
+  function keepGranted (sessions: SessionStore): void {
+    const addSubscriptions = sessions.addSubscriptions
+    if (typeof addSubscriptions !== 'function') return
     // Aedes calls this once per granted filter, each time with the whole packet's list: the first call stores what is
     // granted and the others, with the same list, share its result (one write and N decisions, not N of each).
     const storing = new WeakMap<Subscription[], Promise<unknown>>()
@@ -479,13 +593,32 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     }
   }
 
+  // What a compromised key left retained is cleared (RetainedCleaner below), but a message can be retained after the
+  // pass that would have cleared it (a node that had not heard of the revocation yet), or looked for before the first
+  // pass of a node that just started. Aedes sends retained messages on SUBSCRIBE without their tag (it copies five
+  // fields), so authorizeForward cannot tell: they are withheld where Aedes reads them.
+  function withholdCompromisedRetained (sessions: SessionStore): void {
+    const combi = sessions.createRetainedStreamCombi
+    if (typeof combi !== 'function') return
+    sessions.createRetainedStreamCombi = function withholdCompromised (this: unknown, patterns: string[]) {
+      const source = combi.call(this, patterns)
+      return Readable.from((async function * () {
+        for await (const packet of source) if (!retainedFromCompromised(packet)) yield packet
+      })())
+    }
+  }
+  guardSessions()
+
   // ---- RECEIVE: every delivery (live, retained, queued offline, from other nodes); synchronous ---------------------
   aedes.authorizeForward = function authorizeForward (client, packet: AedesPublishPacket) {
     const st = states.get(client)
     if (st === undefined) return null
     if (revocation === undefined || revocation.isRevoked(st.identity.serial)) return null
-    const d = st.authorizer.receive(packet.topic, messageOptions(packet.qos, packet.retain))
-    if (d.effect === 'allow') return packet
+    const d = st.judging === packet ? st.judged as Decision : st.authorizer.receive(packet.topic, messageOptions(packet.qos, packet.retain))
+    if (d.effect === 'allow') {
+      if (d.grantedQos !== undefined && d.grantedQos < packet.qos) capReplayed(client, packet, d.grantedQos)
+      return packet
+    }
     const logged = st.loggedReceive ??= new Set()
     if (!logged.has(packet.topic) && logged.size < MAX_LOGGED_RECEIVE) {
       logged.add(packet.topic)
@@ -495,6 +628,80 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
       metrics?.record('receive.denied', {})
     }
     return null
+  }
+
+  // A receive entry's maxQos caps the QoS a message is delivered at. Aedes chooses the QoS path before it asks
+  // authorizeForward, and a subscription keeps the delivery function it found at SUBSCRIBE, so each connection's
+  // deliverQoS is wrapped at admission: it takes the receive decision first (authorizeForward reuses it, through the
+  // connection record: one decision per delivery, nothing allocated when no cap applies), sends a message capped to
+  // QoS 0 the QoS 0 way and takes the session's queued copy out of the outgoing queue, where no PUBACK would ever
+  // clear it; one capped to QoS 1 goes the QoS 1 way and is cleared by its PUBACK as usual.
+  function capDeliveries (client: Client, st: ConnState): boolean {
+    const c = client as unknown as ClientInternals
+    const deliverQoS = c.deliverQoS
+    const deliver0 = c.deliver0
+    if (typeof deliverQoS !== 'function' || typeof deliver0 !== 'function' || typeof c._nextId !== 'number') return false
+    c.deliverQoS = function deliverCapped (packet, callback) {
+      // QoS 0 goes to deliver0 inside; deliverQoS asks authorizeForward, which judges it then.
+      if (packet.qos === 0) { deliverQoS(packet, callback); return }
+      const d = st.authorizer.receive(packet.topic, messageOptions(packet.qos, packet.retain))
+      st.judging = packet
+      st.judged = d
+      const granted = d.grantedQos
+      if (d.effect !== 'allow') {
+        // Aedes takes a refused message out of a persistent session's queue by its message id, which a live delivery
+        // has not got yet: in memory that would remove whichever queued message has none (another one, still to be
+        // delivered), in Redis none. So it gets its id here, and its queued copy goes the way a capped one does.
+        if (!client.clean && packet.retain !== true) {
+          const messageId = dequeue(client, packet)
+          if (messageId !== undefined) packet.messageId = messageId
+        }
+        deliverQoS(packet, callback)
+      } else if (granted === undefined || granted >= packet.qos) {
+        deliverQoS(packet, callback)
+      } else if (granted === 0) {
+        // Aedes queues a persistent session's QoS > 0 messages before delivering them live (retained ones excepted).
+        if (!client.clean && packet.retain !== true) dequeue(client, packet)
+        deliver0(packet, callback)
+      } else {
+        packet.qos = granted
+        deliverQoS(packet, callback)
+      }
+      st.judging = undefined
+    }
+    return true
+  }
+
+  /**
+   * Removes one queued copy of a message from the client's outgoing queue (a message id first, as a delivery would);
+   * returns the message id it gave it.
+   */
+  function dequeue (client: Client, packet: AedesPublishPacket): number | undefined {
+    const store = sessionStore()
+    const update = store?.outgoingUpdate
+    const clear = store?.outgoingClearMessageId
+    if (store === undefined || typeof update !== 'function' || typeof clear !== 'function') return undefined
+    const c = client as unknown as ClientInternals
+    const messageId = c._nextId
+    c._nextId = messageId >= 65535 ? 1 : messageId + 1
+    // The whole message: aedes-persistence-redis writes what it is given over the stored copy other sessions share.
+    const queued = { ...packet, messageId }
+    // When it is not queued (a failed enqueue), the update fails and there is nothing to clear.
+    update.call(store, client, queued).then(() => clear.call(store, client, queued)).catch(noop)
+    return messageId
+  }
+
+  /**
+   * A capped delivery that did not come through deliverCapped: a session's queue replayed at CONNECT (Aedes writes the
+   * packet it asked about, after giving it a message id and updating the queue), or deliver0 (QoS 0 whatever the
+   * packet says). Aedes hands every delivery its own copy, so lowering the QoS in place is safe.
+   */
+  function capReplayed (client: Client, packet: AedesPublishPacket, granted: Qos): void {
+    packet.qos = granted
+    if (granted !== 0 || client.clean || typeof packet.messageId !== 'number') return
+    // Sent at QoS 0, it gets no PUBACK: out of the queue now, or it would come back at every reconnect.
+    const store = sessionStore()
+    store?.outgoingClearMessageId?.call(store, client, packet).catch(noop)
   }
 
   // ---- revocation enforcement ----------------------------------------------------------------------------------------
@@ -521,14 +728,35 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     audit('warn', 'revocation.enforced', { id: rev.id, serial: rev.serial, reason: rev.reason, sessions: closed, latencyMs: Math.round(latencyMs * 1000) / 1000 })
     // Nothing a compromised key said can be trusted. Every node does this: with a shared persistence the second pass
     // finds nothing (idempotent), and no node has to be elected; the serial tag spares a newer certificate's messages.
-    if (rev.reason === 'keyCompromise' && broker.persistence !== undefined) {
-      clearRetainedOf(broker.persistence, rev.serial).then((messages) => {
-        audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages })
-      }, (err: unknown) => {
-        audit('warn', 'retained.clear_failed', { id: rev.id, serial: rev.serial, reason: rev.reason, detail: oneLine(err) })
-      })
-    }
+    if (rev.reason === 'keyCompromise') cleaner.clear(rev)
   }
+  // ---- keyCompromise: clearing retained messages (broker/retained.ts) -----------------------------------------------
+  function retainedFromCompromised (packet: unknown): boolean {
+    const serial = publisherSerial(packet)
+    return serial !== null && revocation !== undefined && revocation.isRevoked(serial) && revocation.get?.(serial)?.reason === 'keyCompromise'
+  }
+  const cleaner = new RetainedCleaner({
+    persistence: () => broker.persistence,
+    // For the sweep: the mirror answers "revoked?" for every tagged message; the store gives the reason of the few that are.
+    compromised: (serial) => revocation?.isRevoked(serial) !== true || store === undefined
+      ? null
+      : store.getRevocation(serial).then((r) => r?.reason === 'keyCompromise' ? r : null),
+    onCleared: (rev, messages, trigger) => { audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages, trigger }) },
+    onSwept: (messages, serials) => { audit('info', 'retained.swept', { reason: 'keyCompromise', messages, serials }) },
+    onFailed: (err, serials) => { audit('warn', 'retained.clear_failed', { reason: 'keyCompromise', serials, detail: oneLine(err) }) },
+  })
+  // Revocations made while no node ran (or before this one loaded the store) raise no event here: once the node is
+  // current, one pass over the retained messages clears what any keyCompromise-revoked serial left.
+  const sweepWhenCurrent = setInterval(() => { sweepOnce() }, 100)
+  sweepWhenCurrent.unref()
+  function sweepOnce (): void {
+    if (revocation === undefined || store === undefined) { clearInterval(sweepWhenCurrent); return }
+    // Aedes has a persistence once it listens (a library user may attach first).
+    if (!revocation.state().current || (broker.persistence as RetainedStore | undefined) === undefined) return
+    clearInterval(sweepWhenCurrent)
+    cleaner.sweep()
+  }
+  sweepOnce()
   revocation?.on('revoked', onRevoked)
 
   return {
@@ -565,6 +793,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     cutOff,
     detach () {
       revocation?.off('revoked', onRevoked)
+      clearInterval(sweepWhenCurrent)
+      cleaner.close()
       aedes.off('client', onClient)
       aedes.off('clientError', onClientError)
       aedes.off('connectionError', onClientError)

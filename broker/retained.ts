@@ -32,26 +32,148 @@ export interface RetainedStore {
 }
 
 /**
- * Deletes every retained message the serial published. Each topic is read again just before its delete, so a
- * message that someone else retained there since the scan survives (the read and the delete are two steps: a
- * message retained between them is lost, a window of one round trip). The delete is an empty retained payload
- * written to the persistence directly: subscribers see nothing, and new ones get nothing. Returns how many went.
+ * One pass over every retained message: deletes each one whose publisher serial `pick` answers for (not null), and
+ * returns, per picked serial, what `pick` answered and how many messages went. `pick` is asked once per message, so it
+ * must be cheap (memoize anything slow). Each topic is read again just before its delete, so a message someone else
+ * retained there since the scan survives (the read and the delete are two steps: a message retained between them is
+ * lost, a window of one round trip). The delete is an empty retained payload written to the persistence directly:
+ * subscribers see nothing, and new ones get nothing. Deleting twice is harmless.
  */
-export async function clearRetainedOf (persistence: RetainedStore, serial: string): Promise<number> {
-  const topics: string[] = []
+export async function clearRetainedWhere<T> (persistence: RetainedStore, pick: (serial: string) => T | null | Promise<T | null>): Promise<Map<string, { picked: T, messages: number }>> {
+  const found: Array<{ topic: string, serial: string }> = []
+  const out = new Map<string, { picked: T, messages: number }>()
   for await (const packet of persistence.createRetainedStream('#')) {
     const topic = (packet as { topic?: unknown }).topic
-    if (typeof topic === 'string' && publisherSerial(packet) === serial) topics.push(topic)
+    const serial = publisherSerial(packet)
+    if (typeof topic !== 'string' || serial === null) continue
+    const picked = out.get(serial)?.picked ?? await pick(serial)
+    if (picked === null) continue
+    if (!out.has(serial)) out.set(serial, { picked, messages: 0 })
+    found.push({ topic, serial })
   }
-  let cleared = 0
-  for (const topic of topics) {
+  for (const { topic, serial } of found) {
     let still = false
     for await (const packet of persistence.createRetainedStream(topic)) {
       if ((packet as { topic?: unknown }).topic === topic && publisherSerial(packet) === serial) still = true
     }
     if (!still) continue
     await persistence.storeRetained({ cmd: 'publish', topic, payload: Buffer.alloc(0), qos: 0, retain: true, dup: false })
-    cleared++
+    const entry = out.get(serial)
+    if (entry !== undefined) entry.messages++
   }
-  return cleared
+  return out
+}
+
+/** A serial revoked for keyCompromise, with what audit lines say about it. */
+export interface Compromised {
+  serial: string
+  id: string
+  reason: string
+}
+
+export interface RetainedCleanerOptions {
+  /** The Aedes persistence; undefined until Aedes has one (the cleaner then retries). */
+  persistence: () => RetainedStore | undefined
+  /**
+   * For a sweep: whether a serial found on a retained message was revoked for keyCompromise. Asked at most once per
+   * serial per pass, and only for serials some retained message carries.
+   */
+  compromised: (serial: string) => Compromised | null | Promise<Compromised | null>
+  /** A serial's retained messages were cleared (`messages` may be 0 for one asked for by clear()). */
+  onCleared: (rev: Compromised, messages: number, trigger: 'revocation' | 'sweep') => void
+  /** A sweep finished: every retained message was checked. */
+  onSwept: (messages: number, serials: number) => void
+  /** A pass failed; what it was asked for is kept and retried. */
+  onFailed: (err: unknown, serials: readonly string[]) => void
+  /** First retry delay after a failed pass; doubles up to 30 s. @default 1000 */
+  retryMs?: number
+}
+
+const MAX_RETRY_MS = 30_000
+
+/**
+ * Clears what compromised keys retained, one pass over the retained messages at a time: serials revoked while a pass
+ * runs share the next pass (a burst, or a node catching up on many revocations, costs one scan, not one per serial),
+ * and a sweep checks every retained message's tag at once (for revocations made while this node was not running).
+ * A failed pass (the persistence or the store away) keeps its work and is retried, so clearing does not depend on a
+ * live event arriving at a good moment, nor on the device being online.
+ */
+export class RetainedCleaner {
+  readonly #o: RetainedCleanerOptions
+  readonly #retryMs: number
+  #asked = new Map<string, Compromised>()
+  #sweep = false
+  #running = false
+  #failures = 0
+  #retry: NodeJS.Timeout | undefined
+  #closed = false
+
+  constructor (options: RetainedCleanerOptions) {
+    this.#o = options
+    this.#retryMs = options.retryMs ?? 1_000
+  }
+
+  /** Clears what `rev.serial` retained. */
+  clear (rev: Compromised): void {
+    this.#asked.set(rev.serial, rev)
+    this.#kick()
+  }
+
+  /** Clears the retained messages of every serial `compromised` picks, in one pass. */
+  sweep (): void {
+    this.#sweep = true
+    this.#kick()
+  }
+
+  close (): void {
+    this.#closed = true
+    clearTimeout(this.#retry)
+  }
+
+  #kick (): void {
+    if (this.#closed || this.#running || this.#retry !== undefined) return
+    if (this.#asked.size === 0 && !this.#sweep) return
+    this.#running = true
+    void this.#pass().finally(() => {
+      this.#running = false
+      this.#kick()
+    })
+  }
+
+  async #pass (): Promise<void> {
+    const asked = this.#asked
+    const sweep = this.#sweep
+    this.#asked = new Map()
+    this.#sweep = false
+    try {
+      const persistence = this.#o.persistence()
+      if (persistence === undefined) throw new Error('retained: Aedes has no persistence yet')
+      const judged = new Map<string, Compromised | null | Promise<Compromised | null>>()
+      const pick = (serial: string): Compromised | null | Promise<Compromised | null> => {
+        const rev = asked.get(serial)
+        if (rev !== undefined || !sweep) return rev ?? null
+        if (!judged.has(serial)) judged.set(serial, this.#o.compromised(serial))
+        return judged.get(serial) ?? null
+      }
+      const cleared = await clearRetainedWhere(persistence, pick)
+      this.#failures = 0
+      if (this.#closed) return
+      for (const rev of asked.values()) this.#o.onCleared(rev, cleared.get(rev.serial)?.messages ?? 0, 'revocation')
+      let messages = 0
+      for (const [serial, { picked, messages: n }] of cleared) {
+        messages += n
+        if (!asked.has(serial)) this.#o.onCleared(picked, n, 'sweep')
+      }
+      if (sweep) this.#o.onSwept(messages, cleared.size)
+    } catch (err) {
+      for (const [serial, rev] of asked) if (!this.#asked.has(serial)) this.#asked.set(serial, rev)
+      this.#sweep ||= sweep
+      if (this.#closed) return
+      this.#o.onFailed(err, [...asked.keys()])
+      const delay = Math.min(this.#retryMs * 2 ** this.#failures, MAX_RETRY_MS)
+      this.#failures++
+      this.#retry = setTimeout(() => { this.#retry = undefined; this.#kick() }, delay)
+      this.#retry.unref()
+    }
+  }
 }
