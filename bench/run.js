@@ -89,6 +89,10 @@ function speedNote (meta) {
   return s === undefined ? '' : ` · CPU speed (ECDSA P-256 signs/s, start → end) ${s.start.toLocaleString('en-US')} → ${s.end === undefined ? '?' : s.end.toLocaleString('en-US')}`
 }
 
+function tally (verdicts) {
+  return `${verdicts.filter((v) => v.met === true).length} met, ${verdicts.filter((v) => v.met === false).length} missed, ${verdicts.filter((v) => v.met === null).length} not judged`
+}
+
 /** Summaries, markdown and SVG from raw per-run values (what a run collects, or what a results file holds). */
 function render (results) {
   const { meta } = results
@@ -113,7 +117,7 @@ function render (results) {
       `broker on CPU ${meta.pinning.broker}, load generator on CPU ${meta.pinning.loadGenerator} · ${meta.runs} run${meta.runs === 1 ? '' : 's'} per workload · ` +
       `load average at start ${meta.loadAverageAtStart.join(' ')}${speedNote(meta)} · took ${meta.durationS} s${meta.commit === null ? '' : ` · commit ${meta.commit}${meta.dirty ? ' + uncommitted changes' : ''}`}`,
     '',
-    `Targets: ${verdicts.filter((v) => v.met === true).length} met, ${verdicts.filter((v) => v.met === false).length} missed, ${verdicts.filter((v) => v.met === null).length} not judged.`,
+    `Targets: ${tally(verdicts.filter((v) => !v.proposed))}.${verdicts.some((v) => v.proposed) ? ` Proposed targets (not the issue's): ${tally(verdicts.filter((v) => v.proposed))}.` : ''}`,
     '',
     '![ours ÷ baselines](latest.svg)',
     '',

@@ -44,7 +44,7 @@ function judge (workload, g, stats) {
   const m = workload.metrics[g.metric]
   const value = stats[g.metric]?.[g.of ?? 'zt']?.median
   const unit = m.unit === '' ? '' : ` ${m.unit}`
-  const v = { text: g.text, metric: g.metric, value, met: null, detail: '' }
+  const v = { text: g.text, metric: g.metric, value, met: null, detail: '', proposed: g.proposed === true }
   if (!Number.isFinite(value)) { v.detail = 'not measured'; return v }
   if (g.maxRatio !== undefined) {
     const vs = typeof g.vs === 'string' ? { target: g.vs, metric: g.metric } : g.vs

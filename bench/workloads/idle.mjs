@@ -23,6 +23,8 @@ export const metrics = {
 
 export const goals = [
   { metric: 'rssPerConn', of: 'zt', vs: 'floor', maxRatio: 1.05, text: 'broker memory per idle mutual-TLS connection ≤ 1.05× the bare node:tls floor' },
+  // Proposed in issue 6's closing notes: what a plugin on Aedes controls.
+  { metric: 'rssPerConn', of: 'zt', vs: 'aedes', maxRatio: 1.05, proposed: true, text: 'proposed: broker memory per idle mutual-TLS connection ≤ 1.05× plain Aedes with hand-written auth' },
 ]
 
 export async function run (ctx, key) {
