@@ -52,11 +52,6 @@ function caExtensions (x509: X509Lib, pathLength: number | undefined): x509.Exte
   ]
 }
 
-export interface CaCertificates {
-  root: x509.X509Certificate
-  issuing: x509.X509Certificate
-}
-
 /** Self-signed root: CA:TRUE without a path length (the issuing CA below carries pathlen 0). */
 export async function createRootCert (name: string, keys: CryptoKeyPair, keyType: KeyType, now: Date): Promise<x509.X509Certificate> {
   const x509 = await loadX509()
@@ -93,7 +88,7 @@ export async function createIssuingCert (name: string, publicKey: CryptoKey, roo
 }
 
 /** Subject key identifier of a CA certificate, hex: what its children carry as AKI (x509: the loaded library, loadX509). */
-export function skiOf (x509: X509Lib, cert: x509.X509Certificate): string {
+function skiOf (x509: X509Lib, cert: x509.X509Certificate): string {
   const ext = cert.getExtension(x509.SubjectKeyIdentifierExtension)
   if (ext === null) throw new ZtError('ZT_BAD_CERT', `load CA: certificate ${cert.subject} has no subject key identifier`)
   return ext.keyId

@@ -12,7 +12,7 @@ export const DEFAULT_PREFIX = 'azt:'
 /** What may appear in a prefix: printable, no braces (hash tags), no glob characters (SCAN MATCH by prefix). */
 const PREFIX_RE = /^[A-Za-z0-9._:@/=+-]{0,128}$/
 
-export function checkPrefix (prefix: string): string {
+function checkPrefix (prefix: string): string {
   if (typeof prefix !== 'string' || !PREFIX_RE.test(prefix)) {
     throw new ZtError('ZT_BAD_ARGUMENT', `redis store: key prefix ${JSON.stringify(String(prefix))} must be at most 128 of [A-Za-z0-9._:@/=+-]`, { prefix })
   }

@@ -72,17 +72,27 @@ return out
 `
 
 // Records a batch of issued certificates in one atomic step (a MULTI of 3 commands per certificate costs several
-// times more client-side). KEYS: the certs zset, then per certificate its cert hash and its id set.
+// times more client-side). A serial already in the inventory, or twice in the batch, is never overwritten: every
+// serial is checked first and then nothing is written. Returns {'ok'} or {'duplicate', serial}.
+// KEYS: the certs zset, then per certificate its cert hash and its id set.
 // ARGV: per certificate serial, id, kind, groups (JSON), notBefore, notAfter, notBefore in ms.
 const RECORD_LUA = `
 local n = (#KEYS - 1) / 2
+local seen = {}
+for i = 0, n - 1 do
+  local serial = ARGV[i * 7 + 1]
+  if seen[serial] or redis.call('EXISTS', KEYS[2 + i * 2]) == 1 then
+    return {'duplicate', serial}
+  end
+  seen[serial] = true
+end
 for i = 0, n - 1 do
   local a = i * 7
   redis.call('HSET', KEYS[2 + i * 2], 'id', ARGV[a + 2], 'kind', ARGV[a + 3], 'groups', ARGV[a + 4], 'notBefore', ARGV[a + 5], 'notAfter', ARGV[a + 6])
   redis.call('ZADD', KEYS[1], ARGV[a + 7], ARGV[a + 1])
   redis.call('SADD', KEYS[3 + i * 2], ARGV[a + 1])
 end
-return n
+return {'ok'}
 `
 
 // Keep only a CRL whose number is above the stored one. Numbers can exceed 2^53 (RFC 5280 allows 20 octets),
@@ -99,7 +109,7 @@ return 1
 `
 
 interface ScriptCommands {
-  aztRecord (numKeys: number, ...args: string[]): Promise<number>
+  aztRecord (numKeys: number, ...args: string[]): Promise<string[]>
   aztRevoke (numKeys: number, ...args: string[]): Promise<string[]>
   aztSaveCrl (numKeys: number, ...args: (string | Buffer)[]): Promise<number>
 }
@@ -219,15 +229,19 @@ export class RedisCertStore implements CertStore {
       }
       return { ...c, serial: checkSerial(c.serial, 'record issued') }
     })
-    await this.#run('record issued', async () => {
+    const reply = await this.#run('record issued', async () => {
       const keys: string[] = [this.keys.certs]
       const args: string[] = []
       for (const c of rows) {
         keys.push(this.keys.cert(c.serial), this.keys.id(c.id))
         args.push(c.serial, c.id, c.kind, JSON.stringify(c.groups), c.notBefore, c.notAfter, String(Date.parse(c.notBefore)))
       }
-      await this.#scripts.aztRecord(keys.length, ...keys, ...args)
+      return await this.#scripts.aztRecord(keys.length, ...keys, ...args)
     })
+    if (reply[0] === 'duplicate') {
+      const serial = reply[1] ?? ''
+      throw new ZtError('ZT_BAD_ARGUMENT', `record issued: serial ${serial} is already in the inventory`, { serial })
+    }
   }
 
   async getIssued (serial: string): Promise<IssuedCert | null> {
@@ -423,7 +437,7 @@ export class RedisCertStore implements CertStore {
 }
 
 /** A Redis URL may carry a password: never print it. */
-export function redactUrl (url: string): string {
+function redactUrl (url: string): string {
   try {
     const u = new URL(url)
     if (u.password !== '') u.password = '***'

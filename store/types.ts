@@ -71,7 +71,10 @@ export interface StoredCrl {
 export interface CertStore {
   readonly backend: 'file' | 'redis'
 
-  /** Records newly issued certificates (a batch is written at once). */
+  /**
+   * Records newly issued certificates (a batch is written at once). Rejects with ZT_BAD_ARGUMENT, recording nothing of
+   * the batch, if a serial is already in the inventory (also when another instance recorded it) or repeats in the batch.
+   */
   recordIssued (certs: readonly IssuedCert[]): Promise<void>
 
   /** The inventory entry for a canonical serial, or null when this CA never issued it. */

@@ -68,6 +68,28 @@ export function storeContract (name: string, makeStore: () => Promise<StoreUnder
       await store.recordIssued([])
     })
 
+    it('refuses a serial already in the inventory or repeated in the batch, and then records nothing of the batch', async () => {
+      const c = testCert()
+      await store.recordIssued([c])
+      const fresh = testCert()
+      const err = await rejection(store.recordIssued([fresh, { ...c, id: 'other', kind: 'service', groups: [] }]))
+      expect(err.code).toBe('ZT_BAD_ARGUMENT')
+      expect(err.message).toBe(`record issued: serial ${c.serial} is already in the inventory`)
+      expect(await store.getIssued(c.serial)).toEqual(c)
+      expect(await store.getIssued(fresh.serial)).toBeNull()
+
+      const twice = testCert()
+      const repeated = await rejection(store.recordIssued([fresh, twice, { ...twice, id: 'other' }]))
+      expect(repeated.code).toBe('ZT_BAD_ARGUMENT')
+      expect(repeated.message).toBe(`record issued: serial ${twice.serial} is already in the inventory`)
+      expect(await store.getIssued(fresh.serial)).toBeNull()
+      expect(await store.getIssued(twice.serial)).toBeNull()
+      expect((await store.list()).map((l) => l.serial)).toEqual([c.serial])
+      // The refused batch left nothing behind that would refuse it again.
+      await store.recordIssued([fresh, twice])
+      expect(await store.getIssued(twice.serial)).toEqual(twice)
+    })
+
     it('lists with computed status, filters, and orders by notBefore then serial', async () => {
       const now = Date.now()
       const early = testCert({ id: 'x', notBefore: new Date(now - 10 * DAY).toISOString() })
