@@ -16,8 +16,8 @@ export const CONNACK = Object.freeze({
 /** What the plugin needs of the revoked set (RevocationMirror fits). */
 export interface RevocationView {
   isRevoked (serial: string): boolean
-  /** The revocation's details (its reason) for a revoked serial. */
-  get? (serial: string): { reason: string } | undefined
+  /** The revocation's record (its reason) for a revoked serial, else undefined. */
+  get (serial: string): { serial: string, id: string, reason: string } | undefined
   state (): { current: boolean }
   on (event: 'revoked', listener: (revocation: { serial: string, id: string, reason: string }, latencyMs: number) => void): unknown
   off (event: 'revoked', listener: (revocation: { serial: string, id: string, reason: string }, latencyMs: number) => void): unknown

@@ -731,16 +731,20 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     if (rev.reason === 'keyCompromise') cleaner.clear(rev)
   }
   // ---- keyCompromise: clearing retained messages (broker/retained.ts) -----------------------------------------------
+  /** The revocation record of a serial revoked for keyCompromise, from the mirror; else null. */
+  function compromised (serial: string): { serial: string, id: string, reason: string } | null {
+    if (revocation === undefined || !revocation.isRevoked(serial)) return null
+    const r = revocation.get(serial)
+    return r?.reason === 'keyCompromise' ? r : null
+  }
   function retainedFromCompromised (packet: unknown): boolean {
     const serial = publisherSerial(packet)
-    return serial !== null && revocation !== undefined && revocation.isRevoked(serial) && revocation.get?.(serial)?.reason === 'keyCompromise'
+    return serial !== null && compromised(serial) !== null
   }
   const cleaner = new RetainedCleaner({
     persistence: () => broker.persistence,
-    // For the sweep: the mirror answers "revoked?" for every tagged message; the store gives the reason of the few that are.
-    compromised: (serial) => revocation?.isRevoked(serial) !== true || store === undefined
-      ? null
-      : store.getRevocation(serial).then((r) => r?.reason === 'keyCompromise' ? r : null),
+    // For the sweep: the mirror answers for every tagged message, the reason included.
+    compromised,
     onCleared: (rev, messages, trigger) => { audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages, trigger }) },
     onSwept: (messages, serials) => { audit('info', 'retained.swept', { reason: 'keyCompromise', messages, serials }) },
     onFailed: (err, serials) => { audit('warn', 'retained.clear_failed', { reason: 'keyCompromise', serials, detail: oneLine(err) }) },

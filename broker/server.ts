@@ -198,6 +198,7 @@ function httpHandler (broker: () => RunningBroker | undefined): http.RequestList
 function gatedView (mirror: RevocationMirror, ready: () => boolean): RevocationView {
   return {
     isRevoked: (serial) => mirror.isRevoked(serial),
+    get: (serial) => mirror.get(serial),
     state: () => ({ current: mirror.state().current && ready() }),
     on: (event, listener) => mirror.on(event, listener),
     off: (event, listener) => mirror.off(event, listener),
@@ -335,6 +336,7 @@ export async function startBroker (config: Readonly<BrokerConfig>, options: Star
         ...(opened.authority === null ? { authorityProblem: opened.problem } : {}),
         logger,
         metrics,
+        crl,
       })
       adminPort = await listen(adminServer, config.adminPort, config.host)
       cleanups.push(() => { adminServer.closeAllConnections(); return closeServer(adminServer) })

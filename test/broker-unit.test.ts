@@ -84,7 +84,7 @@ describe('decideConnect', () => {
   let der: Uint8Array
   const revoked = new Set<string>()
   let current = true
-  const revocation = { isRevoked: (s: string) => revoked.has(s), state: () => ({ current }), on: () => undefined, off: () => undefined }
+  const revocation = { isRevoked: (s: string) => revoked.has(s), get: () => undefined, state: () => ({ current }), on: () => undefined, off: () => undefined }
 
   beforeAll(async () => {
     ca = await makeTestCa()
@@ -192,7 +192,7 @@ describe('orphaned wills (authorizePublish with client null, as Aedes calls it f
       zeroTrust(aedes, {
         ca: trustFromHome(await loadHome(ca.home)),
         store: ca.authority.store,
-        revocation: { isRevoked: (s) => revoked.has(s), state: () => ({ current: true }), on: () => undefined, off: () => undefined },
+        revocation: { isRevoked: (s) => revoked.has(s), get: () => undefined, state: () => ({ current: true }), on: () => undefined, off: () => undefined },
       })
       const seen: string[] = []
       await new Promise<void>((resolve) => { aedes.subscribe('devices/#', (p: { topic: string }, cb: () => void) => { seen.push(p.topic); cb() }, resolve) })
