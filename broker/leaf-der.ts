@@ -4,7 +4,7 @@
 // again on lookup: about 40 % of the broker's CPU per new connection. The fields the broker needs are few and fixed,
 // so they are read straight from the TLVs with ca/der.ts. Anything malformed throws DerError; the caller turns that
 // into a refusal.
-import { bytesEqual, children, DerError, oid, readOid, readTlv, TAG, type Tlv } from '../ca/der.js'
+import { bytesEqual, children, DerError, oid, readOid, readTime, readTlv, TAG, type Tlv } from '../ca/der.js'
 
 /** An OID's content bytes, for comparing against a TLV's value without decoding it. */
 const oidValue = (dotted: string): Buffer => Buffer.from(oid(dotted).subarray(2))
@@ -101,45 +101,6 @@ function only (bytes: Uint8Array, tag: number, what: string): Tlv {
   return t
 }
 
-
-const digits = (s: string, from: number, n: number): number => {
-  let v = 0
-  for (let i = from; i < from + n; i++) {
-    const c = s.charCodeAt(i) - 48
-    if (c < 0 || c > 9) throw new DerError('time: not a digit')
-    v = v * 10 + c
-  }
-  return v
-}
-
-/** RFC 5280 section 4.1.2.5: UTCTime YYMMDDHHMMSSZ or GeneralizedTime YYYYMMDDHHMMSSZ, nothing looser. */
-function readTime (t: Tlv | undefined): Date {
-  if (t === undefined) throw new DerError('validity: missing time')
-  const s = Buffer.from(t.value).toString('latin1')
-  let year: number
-  let at: number
-  if (t.tag === TAG.UTC_TIME && s.length === 13) {
-    const yy = digits(s, 0, 2)
-    year = yy < 50 ? 2000 + yy : 1900 + yy
-    at = 2
-  } else if (t.tag === TAG.GENERALIZED_TIME && s.length === 15) {
-    year = digits(s, 0, 4)
-    at = 4
-  } else {
-    throw new DerError('validity: not a UTCTime or GeneralizedTime in DER form')
-  }
-  if (s[at + 10] !== 'Z') throw new DerError('validity: time is not in UTC (Z)')
-  const month = digits(s, at, 2)
-  const day = digits(s, at + 2, 2)
-  const hour = digits(s, at + 4, 2)
-  const minute = digits(s, at + 6, 2)
-  const second = digits(s, at + 8, 2)
-  const d = new Date(Date.UTC(year, month - 1, day, hour, minute, second))
-  // Date.UTC rolls 31 February over into March; DER time must name a real instant.
-  if (d.getUTCFullYear() !== year || d.getUTCMonth() !== month - 1 || d.getUTCDate() !== day || d.getUTCHours() !== hour ||
-    d.getUTCMinutes() !== minute || d.getUTCSeconds() !== second) throw new DerError('validity: not a calendar time')
-  return d
-}
 
 /** A DirectoryString as @peculiar/x509's Name.getField decoded it; any other type becomes the hex of its TLV. */
 function readString (t: Tlv): string {

@@ -1,7 +1,7 @@
 // PKCS#10 requests: parse PEM or DER, refuse weak keys, verify the signature (proof the requester holds the key).
 import { createPublicKey, verify as nodeVerify, type KeyObject } from 'node:crypto'
 import { ZtError } from '../common/errors.js'
-import { bitString, children, oid, readOid, readTlv, seq, TAG } from './der.js'
+import { bitString, bytesEqual, children, oid, readOid, readTlv, seq, TAG } from './der.js'
 import { describePublicKey, type KeyDescription } from './keys.js'
 
 export interface VerifiedCsr {
@@ -90,13 +90,6 @@ const EC_CURVES: Record<string, EcCurve> = {
 }
 const EC_CURVE_LIST = Object.values(EC_CURVES)
 
-/** Whether bytes start with prefix. */
-function startsWith (bytes: Uint8Array, prefix: Uint8Array): boolean {
-  if (bytes.length < prefix.length) return false
-  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false
-  return true
-}
-
 interface ImportedKey {
   key: KeyObject
   description: KeyDescription
@@ -114,7 +107,7 @@ function importKey (spki: Uint8Array, operation: string): ImportedKey {
   // an uncompressed point. DER has one encoding per value, so this is exactly the SPKI the generic path below
   // accepts for such a key and re-encodes to the same bytes.
   for (const curve of EC_CURVE_LIST) {
-    if (spki.length === curve.spkiLength && startsWith(spki, curve.prefix)) return importEcPoint(spki, spki.length - 2 * curve.bytes, curve)
+    if (spki.length === curve.spkiLength && bytesEqual(spki.subarray(0, curve.prefix.length), curve.prefix)) return importEcPoint(spki, spki.length - 2 * curve.bytes, curve)
   }
   // The SPKI is checked strictly here because its shape decides what the CA signs: an algorithm and a key, nothing
   // more, a BIT STRING without unused bits, and EC keys that name their curve (RFC 5480 forbids explicit parameters,

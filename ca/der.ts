@@ -148,6 +148,45 @@ export function readOid (value: Uint8Array): string {
   return parts.join('.')
 }
 
+function digits (s: string, from: number, n: number): number {
+  let v = 0
+  for (let i = from; i < from + n; i++) {
+    const c = s.charCodeAt(i) - 48
+    if (c < 0 || c > 9) throw new DerError('time: not a digit')
+    v = v * 10 + c
+  }
+  return v
+}
+
+/** RFC 5280 section 4.1.2.5: UTCTime YYMMDDHHMMSSZ or GeneralizedTime YYYYMMDDHHMMSSZ, nothing looser (DerError). */
+export function readTime (t: Tlv | undefined): Date {
+  if (t === undefined) throw new DerError('validity: missing time')
+  const s = Buffer.from(t.value).toString('latin1')
+  let year: number
+  let at: number
+  if (t.tag === TAG.UTC_TIME && s.length === 13) {
+    const yy = digits(s, 0, 2)
+    year = yy < 50 ? 2000 + yy : 1900 + yy
+    at = 2
+  } else if (t.tag === TAG.GENERALIZED_TIME && s.length === 15) {
+    year = digits(s, 0, 4)
+    at = 4
+  } else {
+    throw new DerError('validity: not a UTCTime or GeneralizedTime in DER form')
+  }
+  if (s[at + 10] !== 'Z') throw new DerError('validity: time is not in UTC (Z)')
+  const month = digits(s, at, 2)
+  const day = digits(s, at + 2, 2)
+  const hour = digits(s, at + 4, 2)
+  const minute = digits(s, at + 6, 2)
+  const second = digits(s, at + 8, 2)
+  const d = new Date(Date.UTC(year, month - 1, day, hour, minute, second))
+  // Date.UTC rolls 31 February over into March; DER time must name a real instant.
+  if (d.getUTCFullYear() !== year || d.getUTCMonth() !== month - 1 || d.getUTCDate() !== day || d.getUTCHours() !== hour ||
+    d.getUTCMinutes() !== minute || d.getUTCSeconds() !== second) throw new DerError('validity: not a calendar time')
+  return d
+}
+
 /** Byte-for-byte equality of two DER values (or any byte strings). */
 export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0

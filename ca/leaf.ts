@@ -1,8 +1,8 @@
 // Leaf certificate signer: the fixed device profile assembled from pre-encoded DER and signed with node:crypto.
 import { hash, sign as nodeSign, type KeyObject } from 'node:crypto'
-import { ZtError } from '../common/errors.js'
+import { oneLine, ZtError } from '../common/errors.js'
 import { spiffeUri, type Kind } from '../common/ids.js'
-import { children, DerBackWriter, explicit, integerFromBytes, octetString, oid, readOid, readTlv, seq, TAG, time, tlv, tlvLength, type Tlv } from './der.js'
+import { children, DerBackWriter, explicit, integerFromBytes, octetString, oid, readOid, readTime, readTlv, seq, TAG, time, tlv, tlvLength } from './der.js'
 import type { KeyType } from './keys.js'
 
 const OID = {
@@ -58,16 +58,6 @@ export interface IssuingFacts {
   notAfter: Date
 }
 
-function readTime (t: Tlv): Date {
-  const text = Buffer.from(t.value).toString('ascii')
-  // DER: UTCTime YYMMDDHHMMSSZ (years 1950-2049), GeneralizedTime YYYYMMDDHHMMSSZ.
-  const m = (t.tag === TAG.UTC_TIME ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/ : t.tag === TAG.GENERALIZED_TIME ? /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/ : null)?.exec(text)
-  if (m === null || m === undefined) throw new Error(`unreadable time ${JSON.stringify(text)}`)
-  const [y, mo, d, h, mi, s] = m.slice(1).map(Number) as [number, number, number, number, number, number]
-  const year = t.tag === TAG.UTC_TIME ? (y < 50 ? 2000 + y : 1900 + y) : y
-  return new Date(Date.UTC(year, mo - 1, d, h, mi, s))
-}
-
 /** Reads the issuing CA certificate's SKI and notAfter (ZT_BAD_CERT when it has no SKI or cannot be read). */
 export function issuingFacts (der: Uint8Array): IssuingFacts {
   let keyId: Uint8Array | undefined
@@ -77,9 +67,7 @@ export function issuingFacts (der: Uint8Array): IssuingFacts {
     const tbs = children(readTlv(der).value)[0]
     const fields = tbs === undefined ? [] : children(tbs.value)
     const validity = fields[fields[0]?.tag === 0xa0 ? 4 : 3]
-    const end = validity?.tag === TAG.SEQUENCE ? children(validity.value)[1] : undefined
-    if (end === undefined) throw new Error('no validity')
-    notAfter = readTime(end)
+    notAfter = readTime(validity?.tag === TAG.SEQUENCE ? children(validity.value)[1] : undefined)
     const extensions = fields.find((f) => f.tag === 0xa3)
     for (const ext of extensions === undefined ? [] : children(readTlv(extensions.value).value)) {
       const parts = children(ext.value)
@@ -91,7 +79,7 @@ export function issuingFacts (der: Uint8Array): IssuingFacts {
       }
     }
   } catch (err) {
-    throw new ZtError('ZT_BAD_CERT', `load CA: the issuing CA certificate cannot be read (${err instanceof Error ? err.message : String(err)})`, {}, { cause: err })
+    throw new ZtError('ZT_BAD_CERT', `load CA: the issuing CA certificate cannot be read (${oneLine(err)})`, {}, { cause: err })
   }
   if (keyId === undefined || keyId.length === 0) throw new ZtError('ZT_BAD_CERT', 'load CA: the issuing CA certificate has no subject key identifier')
   return { keyId: new Uint8Array(keyId), notAfter }
