@@ -356,7 +356,6 @@ async function readBody (req: IncomingMessage, op: string): Promise<Record<strin
   return parsed as Record<string, unknown>
 }
 
-
 function send (res: ServerResponse, reply: Reply, close: boolean): void {
   const headers: Record<string, string> = { 'cache-control': 'no-store' }
   if (close) headers.connection = 'close'

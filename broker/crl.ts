@@ -73,7 +73,6 @@ export async function checkCrl (der: Uint8Array, issuing: x509.X509Certificate):
   return { ok: true, number, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }
 }
 
-
 /**
  * Keeps the cluster's CRL current and serves it. Any node with the CA key re-signs after a burst of revocations
  * (one signature per burst) and before half the CRL's validity has run out; CRL numbers come from the shared store,

@@ -33,22 +33,24 @@ export interface RetainedStore {
 
 /**
  * One pass over every retained message: deletes each one whose publisher serial `pick` answers for (not null), and
- * returns, per picked serial, what `pick` answered and how many messages went. `pick` is asked once per message, so it
- * must be cheap (memoize anything slow). Each topic is read again just before its delete, so a message someone else
- * retained there since the scan survives (the read and the delete are two steps: a message retained between them is
- * lost, a window of one round trip). The delete is an empty retained payload written to the persistence directly:
+ * returns, per picked serial, what `pick` answered and how many messages went; `pick` is asked once per serial. Each
+ * topic is read again just before its delete, so a message someone else retained there since the scan survives (the
+ * read and the delete are two steps: a message retained between them is lost, a window of one round trip). The delete is an empty retained payload written to the persistence directly:
  * subscribers see nothing, and new ones get nothing. Deleting twice is harmless.
  */
-export async function clearRetainedWhere<T> (persistence: RetainedStore, pick: (serial: string) => T | null | Promise<T | null>): Promise<Map<string, { picked: T, messages: number }>> {
+async function clearRetainedWhere<T> (persistence: RetainedStore, pick: (serial: string) => T | null | Promise<T | null>): Promise<Map<string, { picked: T, messages: number }>> {
   const found: Array<{ topic: string, serial: string }> = []
   const out = new Map<string, { picked: T, messages: number }>()
+  const passed = new Set<string>()
   for await (const packet of persistence.createRetainedStream('#')) {
     const topic = (packet as { topic?: unknown }).topic
     const serial = publisherSerial(packet)
-    if (typeof topic !== 'string' || serial === null) continue
-    const picked = out.get(serial)?.picked ?? await pick(serial)
-    if (picked === null) continue
-    if (!out.has(serial)) out.set(serial, { picked, messages: 0 })
+    if (typeof topic !== 'string' || serial === null || passed.has(serial)) continue
+    if (!out.has(serial)) {
+      const picked = await pick(serial)
+      if (picked === null) { passed.add(serial); continue }
+      out.set(serial, { picked, messages: 0 })
+    }
     found.push({ topic, serial })
   }
   for (const { topic, serial } of found) {
@@ -148,13 +150,8 @@ export class RetainedCleaner {
     try {
       const persistence = this.#o.persistence()
       if (persistence === undefined) throw new Error('retained: Aedes has no persistence yet')
-      const judged = new Map<string, Compromised | null | Promise<Compromised | null>>()
-      const pick = (serial: string): Compromised | null | Promise<Compromised | null> => {
-        const rev = asked.get(serial)
-        if (rev !== undefined || !sweep) return rev ?? null
-        if (!judged.has(serial)) judged.set(serial, this.#o.compromised(serial))
-        return judged.get(serial) ?? null
-      }
+      const pick = (serial: string): Compromised | null | Promise<Compromised | null> =>
+        asked.get(serial) ?? (sweep ? this.#o.compromised(serial) : null)
       const cleared = await clearRetainedWhere(persistence, pick)
       this.#failures = 0
       if (this.#closed) return
