@@ -15,6 +15,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import * as x509 from '@peculiar/x509'
+import { spread } from './lib/stats.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { initHome, openAuthority, issueBulk } = await import(path.join(root, 'dist/ca/index.js')).catch(() => {
@@ -47,7 +48,6 @@ for (let i = 0; i < COUNT; i++) {
 }
 await fs.writeFile(path.join(tmp, 'manifest.csv'), rows.join('\n') + '\n')
 
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
 const authority = await openAuthority(home, { passphrase: PASSPHRASE })
 const libRuns = []
 const cliRuns = []
@@ -66,8 +66,8 @@ for (let run = 0; run < RUNS; run++) {
   cliRuns.push(Number(process.hrtime.bigint() - cliStart) / 1e9)
   if (cli.status !== 0) throw new Error(`aedes-zt cert issue-bulk failed: ${cli.stderr}`)
 }
-const libSeconds = median(libRuns)
-const cliSeconds = median(cliRuns)
+const libSeconds = spread(libRuns).median
+const cliSeconds = spread(cliRuns).median
 // 1b. The CPU part alone (CSR parse + signature check + sign + PEM), CSRs already in memory: what one core sustains.
 const csrTexts = await Promise.all(Array.from({ length: COUNT }, async (_, i) => await fs.readFile(path.join(csrDir, `device-${i}.csr`))))
 const signStart = process.hrtime.bigint()

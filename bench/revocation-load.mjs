@@ -1,12 +1,14 @@
 // How long a broker node takes to load its revocation mirror from Redis with many revoked serials (target: 1 M in < 5 s).
 // Usage: npm run build && node bench/revocation-load.mjs [--count 1000000] [--redis redis://127.0.0.1:6379] [--json]
 import { spawnSync } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { RevocationMirror } from '../dist/broker/revocation.js'
+// Serials as the CA issues them: 128 random bits, 32 hex digits.
+import { newSerial } from '../dist/ca/profile.js'
 import { openRedisStore } from '../dist/store/redis.js'
 import { redisKeys } from '../dist/store/redis-keys.js'
 
@@ -39,13 +41,6 @@ async function deletePrefix (prefix) {
   }
 }
 
-/** A serial as the CA issues them (ca/profile.ts): 128 random bits, first byte 0x10..0x7f, so 32 hex digits. */
-function issuedSerial () {
-  const b = randomBytes(16)
-  b[0] = 0x10 + (b[0] % 0x70)
-  return b.toString('hex')
-}
-
 /** V8 heap plus ArrayBuffer memory (which holds the packed mirror), after a full GC. */
 function heldBytes () {
   globalThis.gc?.()
@@ -72,7 +67,7 @@ async function measure (prefix) {
     // derives from a certificate. The connect path asks about each serial once (a fresh set of probes, JIT warmed
     // by another); the per-message path asks about the same connected serials again and again (1 000 of them).
     const sample = await probe.hrandfield(redisKeys(prefix).revoked, Math.min(100_000, size))
-    const probes = sample.map((s, i) => [Buffer.from(s, 'latin1').toString('latin1'), issuedSerial()]).flat()
+    const probes = sample.map((s) => [Buffer.from(s, 'latin1').toString('latin1'), newSerial()]).flat()
     const warm = probes.splice(0, probes.length / 2)
     let hits = 0
     for (const s of warm) if (mirror.isRevoked(s)) hits++
@@ -118,7 +113,7 @@ try {
   for (let done = 0; done < count; done += BATCH) {
     const n = Math.min(BATCH, count - done)
     const certs = Array.from({ length: n }, (_, i) => ({
-      serial: issuedSerial(),
+      serial: newSerial(),
       id: `dev-${done + i}`,
       kind: 'device',
       groups: ['sensors'],
