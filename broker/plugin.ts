@@ -746,7 +746,8 @@ export function zeroTrust (aedes: Aedes, options: ZeroTrustOptions = {}): ZeroTr
     // For the sweep: the mirror answers for every tagged message, the reason included.
     compromised,
     onCleared: (rev, messages, trigger) => { audit('warn', 'retained.cleared', { id: rev.id, serial: rev.serial, reason: rev.reason, messages, trigger }) },
-    onSwept: (messages, serials) => { audit('info', 'retained.swept', { reason: 'keyCompromise', messages, serials }) },
+    // Every start logs one; it says what was found, not that anything was compromised.
+    onSwept: (messages, serials) => { log.info({ event: 'retained.swept', id: null, serial: null, messages, serials }, `retained messages checked for keyCompromise-revoked publishers: ${messages} cleared`) },
     onFailed: (err, serials) => { audit('warn', 'retained.clear_failed', { reason: 'keyCompromise', serials, detail: oneLine(err) }) },
   })
   // Revocations made while no node ran (or before this one loaded the store) raise no event here: once the node is
