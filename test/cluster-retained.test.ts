@@ -173,6 +173,22 @@ describe.each(['redis', 'file'] as const)('keyCompromise revoked while no node r
     await next.broker.close()
     const third = await node()
     expect(await third.logs.waitFor((l) => l.event === 'retained.swept', 20_000)).toMatchObject({ messages: 0, serials: 0 })
+
+    // Retained after that pass (a node that had not heard of the revocation): withheld on SUBSCRIBE, through the
+    // node's view of the mirror with shared sessions (server.ts' gated view).
+    const { persistence } = third.broker.aedes as unknown as { persistence: { storeRetained (packet: object): Promise<void> } }
+    const late = { cmd: 'publish' as const, topic: 'devices/off-leaked/events/late', payload: Buffer.from('late forgery'), qos: 1 as const, retain: true, dup: false }
+    tagPublisher(late, leaked.serial, 'off-leaked')
+    await persistence.storeRetained(late)
+    const svc2 = await home.issueDevice('off-ingest-2', { kind: 'service', groups: ['ingest'] })
+    const sub2 = await connectOk(third.url, { ...tlsFor(homeCaPem, svc2), clientId: 'off-ingest-2' })
+    const got2: string[] = []
+    sub2.on('message', (topic) => { got2.push(topic) })
+    await sub2.subscribeAsync('devices/+/events/#', { qos: 1 })
+    await eventually(() => got2.length >= 1, 10_000, 'the surviving retained message')
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    expect(got2).toEqual(['devices/off-retired/events/state'])
+    await endClient(sub2)
   })
 })
 
